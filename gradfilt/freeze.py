@@ -1,0 +1,134 @@
+"""Choose what trains: freezing by dotted path, and the paper's "last N conv layers".
+
+``freeze(model, ["backbone", "~backbone.layer4"])`` freezes the backbone except layer4; a
+leading ``~`` un-freezes. BatchNorm layers left frozen stay in eval mode (their running
+statistics do not move) even after ``model.train()``. ``last_convs`` finds the last N convs
+in forward execution order by tracing one forward pass, which is what "#Layers = N" means
+in the paper (module registration order can differ, e.g. a downsample registered last).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .paths import resolve
+
+__all__ = ["freeze", "last_convs"]
+
+_EVAL_HOOK = "_gradfilt_keep_eval"
+
+
+def _keep_eval(module: nn.Module, args) -> None:
+    module.training = False
+
+
+def _set_bn_frozen(bn: nn.Module, frozen: bool) -> None:
+    handle = getattr(bn, _EVAL_HOOK, None)
+    if frozen and handle is None:
+        setattr(bn, _EVAL_HOOK, bn.register_forward_pre_hook(_keep_eval))
+        bn.eval()
+    elif not frozen and handle is not None:
+        handle.remove()
+        delattr(bn, _EVAL_HOOK)
+
+
+def freeze(model: nn.Module, paths: Iterable[str]) -> None:
+    """Set ``requires_grad`` by dotted path, in order; ``~path`` un-freezes.
+
+    Args:
+        model: the model to modify in place.
+        paths: dotted module or parameter paths ("" is the whole model), applied in order.
+
+    BatchNorm modules whose final state is frozen are put in eval mode and kept there by a
+    forward pre-hook (so ``model.train()`` cannot re-enable their statistics); un-freezing
+    removes the hook. Unknown paths raise KeyError before anything changes.
+    """
+    ops = []
+    for raw in paths:
+        if not isinstance(raw, str):
+            raise TypeError(f"freeze paths must be strings, got {raw!r}")
+        unfreeze = raw.startswith("~")
+        path = raw[1:] if unfreeze else raw
+        try:
+            target = resolve(model, path)
+        except KeyError:
+            target = _parameter(model, path)
+        ops.append((path, target, unfreeze))
+
+    bn_state: dict[nn.Module, bool] = {}
+    for path, target, unfreeze in ops:
+        if isinstance(target, nn.Parameter):
+            target.requires_grad_(unfreeze)
+            continue
+        target.requires_grad_(unfreeze)
+        for module in target.modules():
+            if isinstance(module, _BatchNorm):
+                bn_state[module] = not unfreeze
+    for bn, frozen in bn_state.items():
+        _set_bn_frozen(bn, frozen)
+
+
+def _parameter(model: nn.Module, path: str) -> nn.Parameter:
+    module_path, _, name = path.rpartition(".")
+    module = resolve(model, module_path)  # raises the helpful KeyError for a bad module part
+    params = dict(module.named_parameters(recurse=False))
+    if name not in params:
+        children = ", ".join(n for n, _ in module.named_children())
+        raise KeyError(
+            f"no submodule or parameter {path!r}: {module_path or 'the root'!r} has children [{children}] "
+            f"and parameters [{', '.join(params)}]"
+        )
+    return params[name]
+
+
+def last_convs(
+    model: nn.Module,
+    n: int,
+    example_input: Optional[Tensor] = None,
+    input_size: Sequence[int] = (1, 3, 224, 224),
+) -> list[str]:
+    """Dotted names of the last ``n`` Conv2d layers in forward execution order.
+
+    Args:
+        model: the model; it is run once without gradients, with its train/eval flags restored after.
+        n: how many convs (the paper's "#Layers"); 0 gives [].
+        example_input: a batch to trace with; if None, zeros of ``input_size``.
+        input_size: shape of the zeros batch used when ``example_input`` is None.
+
+    Raises:
+        ValueError if ``n`` is negative or larger than the number of convs the forward pass runs.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be an int >= 0, got {n!r}")
+    names = {m: name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    order: list[str] = []
+
+    def record(module: nn.Module, args, output) -> None:
+        if names[module] not in order:
+            order.append(names[module])
+
+    handles = [m.register_forward_hook(record) for m in names]
+    flags = {m: m.training for m in model.modules()}
+    param = next(model.parameters(), None)
+    if example_input is None:
+        example_input = torch.zeros(
+            *input_size,
+            device=param.device if param is not None else None,
+            dtype=param.dtype if param is not None else None,
+        )
+    try:
+        model.eval()  # no BN statistics move while tracing
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in flags.items():
+            m.training = flag
+    if n > len(order):
+        raise ValueError(f"asked for the last {n} conv layers but the forward pass runs only {len(order)}")
+    return order[len(order) - n:]

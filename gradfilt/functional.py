@@ -1,0 +1,356 @@
+"""Functional form of the gradient-filtered 2-D convolution.
+
+The forward pass is exactly ``F.conv2d``. The backward pass replaces the output
+gradient g_y by g~y, its r x r patch means (patches anchored top-left, a partial
+last patch averages only the pixels it has), and computes both gradients on the
+coarse patch grid, as in Yang, Li & Marculescu (CVPR 2023). Forward therefore
+keeps only the patch sums x~ of the input, never the input itself.
+
+Every spatial axis is handled in one of two modes, chosen from
+(stride s, dilation d, patch size r):
+
+* ``collapse`` (d < r, or s > 1): all taps of that axis read the same patch, so
+  the kernel collapses to a sum along it. The patch sums are taken over the
+  centre-tap samples x[t*s + offset], offset = c*d - pad, c = (k - 1) // 2
+  (x[t*s] for a "same" conv), and the weight gradient is the same for every tap
+  of the axis. For grad_x each input pixel a only receives the taps u that can
+  reach it, i.e. those with (a + pad - u*d) % s == 0 ("stride phase"), so a
+  stride-s layer uses one kernel sum per phase instead of smearing all taps
+  over every pixel. A 1x1 conv at any stride is therefore exactly the backward
+  of the convolution fed with g~y.
+* ``grid`` (s == 1 and d >= r, which requires r | d): a tap shifted by
+  (u - c)*d pixels moves by exactly (u - c)*d/r patches, so on the patch grid
+  the layer is a conv with dilation d/r. Its filtered backward is the exact
+  backward of that patch-grid conv (per-tap weight gradients, a transposed conv
+  for grad_x). With r = 1 this is the exact conv backward.
+
+Limits: strided convs with dilation >= r > 1 are rejected (no model we target
+has one); only zero padding; no double backward. Boundary effects follow the
+paper's "each patch padded sufficiently" approximation: in collapse mode an
+input pixel whose centre output lies outside the output map takes the nearest
+patch's value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+from torch.nn.grad import conv2d_input, conv2d_weight
+
+IntPair = Union[int, Sequence[int]]
+
+__all__ = ["filtered_conv2d", "patch_mean", "patch_sum", "check_patch_size", "axis_modes"]
+
+
+def _pair(value: IntPair, name: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    value = tuple(int(v) for v in value)
+    if len(value) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value}")
+    return value  # type: ignore[return-value]
+
+
+def check_patch_size(patch_size: int) -> int:
+    """Return ``patch_size`` if it is a valid r (an int >= 1), else raise ValueError.
+
+    Args:
+        patch_size: the paper's r, side of the square patches of g_y.
+    """
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
+        raise ValueError(f"patch_size must be an int >= 1, got {patch_size!r}")
+    return patch_size
+
+
+def _axis_mode(stride: int, dilation: int, patch_size: int, axis: str) -> str:
+    """Choose 'grid' or 'collapse' for one axis (see the module docstring)."""
+    if stride == 1 and dilation >= patch_size:
+        if dilation % patch_size:
+            valid = [r for r in range(1, dilation + 1) if dilation % r == 0]
+            raise ValueError(
+                f"dilation {dilation} ({axis}) is not divisible by patch_size {patch_size}: "
+                f"on the patch grid a dilated conv needs patch_size to divide the dilation; "
+                f"valid patch sizes for this layer are {valid} or any value > {dilation}"
+            )
+        return "grid"
+    if stride > 1 and 1 < dilation and dilation >= patch_size:
+        raise ValueError(
+            f"a conv with stride {stride} and dilation {dilation} ({axis}) is not supported with "
+            f"patch_size {patch_size}; use a patch_size > {dilation}"
+        )
+    return "collapse"
+
+
+def axis_modes(kernel_size: IntPair, stride: IntPair, dilation: IntPair, patch_size: int) -> tuple[str, str]:
+    """Validate a conv geometry for filtering and return the (height, width) modes.
+
+    Args:
+        kernel_size: conv kernel size (int or pair); only used for the error messages' context.
+        stride: conv stride.
+        dilation: conv dilation.
+        patch_size: the paper's r.
+
+    Returns:
+        A pair of 'grid' / 'collapse', one per spatial axis.
+    """
+    check_patch_size(patch_size)
+    _pair(kernel_size, "kernel_size")
+    sh, sw = _pair(stride, "stride")
+    dh, dw = _pair(dilation, "dilation")
+    return (_axis_mode(sh, dh, patch_size, "height"), _axis_mode(sw, dw, patch_size, "width"))
+
+
+def _left_padding(padding: Union[str, IntPair], kernel: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int]:
+    """Padding before the first pixel on each axis, as F.conv2d applies it."""
+    if padding == "valid":
+        return (0, 0)
+    if padding == "same":  # torch puts the odd pixel of the total padding at the end
+        return tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation))  # type: ignore[return-value]
+    if isinstance(padding, str):
+        raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+    return _pair(padding, "padding")
+
+
+def patch_mean(grad: Tensor, patch_size: int) -> Tensor:
+    """Mean of every r x r patch of ``grad`` (anchored top-left; partial patches average what they have).
+
+    Args:
+        grad: tensor of shape (N, C, H, W).
+        patch_size: r.
+
+    Returns:
+        Tensor of shape (N, C, ceil(H / r), ceil(W / r)).
+    """
+    # Without padding, avg_pool2d's ceil-mode windows divide by the pixels they cover.
+    return F.avg_pool2d(grad, patch_size, patch_size, ceil_mode=True)  # (N, C, Hp, Wp)
+
+
+def patch_sum(x: Tensor, patch_size: int) -> Tensor:
+    """Sum of every r x r patch of ``x`` (anchored top-left; partial patches sum what they have).
+
+    Args:
+        x: tensor of shape (N, C, H, W).
+        patch_size: r.
+
+    Returns:
+        Tensor of shape (N, C, ceil(H / r), ceil(W / r)).
+    """
+    return F.avg_pool2d(x, patch_size, patch_size, ceil_mode=True, divisor_override=1)  # (N, C, Hp, Wp)
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """Geometry of one spatial axis of a filtered conv, for one input size."""
+
+    size_in: int
+    size_out: int
+    kernel: int
+    stride: int
+    pad: int  # padding before the first pixel
+    dilation: int
+    patch: int
+    mode: str  # 'grid' or 'collapse'
+
+    @property
+    def centre(self) -> int:
+        return (self.kernel - 1) // 2
+
+    @property
+    def offset(self) -> int:
+        """Input position of the centre tap of output 0 (output t reads x[t*s + offset])."""
+        return self.centre * self.dilation - self.pad
+
+    @property
+    def n_patches(self) -> int:
+        return -(-self.size_out // self.patch)
+
+    @property
+    def grid_dilation(self) -> int:
+        return self.dilation // self.patch if self.mode == "grid" else 1
+
+    @property
+    def kept_taps(self) -> int:
+        return self.kernel if self.mode == "grid" else 1
+
+    @property
+    def needed(self) -> tuple[int, int]:
+        """Patch range [lo, hi) that the backward's patch-grid conv reads."""
+        if self.mode == "collapse":
+            return (0, self.n_patches)
+        m = self.grid_dilation
+        return (-self.centre * m, self.n_patches + (self.kernel - 1 - self.centre) * m)
+
+    @property
+    def saved(self) -> tuple[int, int]:
+        """Patch range [lo, hi) kept from forward: the needed patches that hold real input pixels."""
+        lo, hi = self.needed
+        if self.mode == "collapse":
+            return (lo, hi)
+        # grid mode has stride 1: sample t sits at pixel t + offset
+        first = -self.offset // self.patch
+        last = (self.size_in - 1 - self.offset) // self.patch
+        return (max(lo, first), min(hi, last + 1))
+
+    @property
+    def n_phases(self) -> int:
+        return self.stride if self.mode == "collapse" else 1
+
+    def tap_matrix(self, like: Tensor) -> Tensor:
+        """(phases, kept_taps, kernel) 0/1 map from the kernel's taps to the backward's taps.
+
+        Collapse: phase p sums the taps u with u*d % s == p, the only ones that reach an input
+        pixel a with (a + pad) % s == p. Grid: one phase, identity.
+        """
+        if self.mode == "grid":
+            return torch.eye(self.kernel, dtype=like.dtype, device=like.device).unsqueeze(0)
+        taps = torch.arange(self.kernel, device=like.device) * self.dilation % self.stride
+        phases = torch.arange(self.stride, device=like.device)
+        return (taps[None, :] == phases[:, None]).to(like.dtype).unsqueeze(1)  # (s, 1, k)
+
+    def gather_index(self, device: torch.device) -> Tensor:
+        """For each input pixel, its row in the (phases * needed patches) backward grid."""
+        a = torch.arange(self.size_in, device=device)
+        lo, hi = self.needed
+        if self.mode == "grid":
+            # pixel a is the centre sample of (virtual) output a - offset
+            return torch.div(a - self.offset, self.patch, rounding_mode="floor") - lo
+        centre_out = torch.div(a - self.offset, self.stride, rounding_mode="floor")
+        patch = torch.div(centre_out, self.patch, rounding_mode="floor").clamp(0, self.n_patches - 1)
+        phase = (a + self.pad) % self.stride
+        return phase * (hi - lo) + patch - lo
+
+
+def _sample_patch_sums(x: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
+    """x~: patch sums of the centre-tap samples x[t*s + offset] over the saved patch range."""
+    pads, steps, counts = [], [], []
+    for ax in reversed(axes):  # F.pad lists the last axis first
+        lo, hi = ax.saved
+        start = lo * ax.patch * ax.stride + ax.offset
+        count = (hi - lo) * ax.patch
+        end = start + (count - 1) * ax.stride + 1
+        pads += [-start, end - ax.size_in]  # negative entries crop
+        steps.append(ax.stride)
+        counts.append(hi - lo)
+    xp = F.pad(x, pads)
+    samples = xp[:, :, :: steps[1], :: steps[0]]  # (N, C, nh * r, nw * r)
+    n, c = x.shape[:2]
+    r_h, r_w = axes[0].patch, axes[1].patch
+    return samples.reshape(n, c, counts[1], r_h, counts[0], r_w).sum((3, 5))  # (N, C, nh, nw)
+
+
+def _pad_to_needed(x_sum: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
+    """Zero-pad the saved patch sums to the range the patch-grid conv reads."""
+    pads = []
+    for ax in reversed(axes):
+        (need_lo, need_hi), (lo, hi) = ax.needed, ax.saved
+        pads += [lo - need_lo, need_hi - hi]
+    return F.pad(x_sum, pads)  # (N, C_in, Hq, Wq)
+
+
+class _FilteredConv2dFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, patch_size, modes):
+        y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        kernel = tuple(weight.shape[2:])
+        left = _left_padding(padding, kernel, dilation)
+        ctx.axes = tuple(
+            _Axis(x.shape[2 + i], y.shape[2 + i], kernel[i], stride[i], left[i], dilation[i], patch_size, modes[i])
+            for i in range(2)
+        )
+        ctx.groups = groups
+        ctx.x_shape = x.shape
+        ctx.weight_shape = weight.shape
+        x_sum = _sample_patch_sums(x, ctx.axes) if ctx.needs_input_grad[1] else None
+        ctx.save_for_backward(x_sum, weight if ctx.needs_input_grad[0] else None)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        x_sum, weight = ctx.saved_tensors
+        ax_h, ax_w = ctx.axes
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        g_mean = patch_mean(grad_y, ax_h.patch)  # g~y's unique values, (N, C_out, Hp, Wp)
+        grid_dilation = (ax_h.grid_dilation, ax_w.grid_dilation)
+        grad_x = grad_w = grad_b = None
+
+        if need_b:
+            grad_b = grad_y.sum((0, 2, 3))  # exact: the patch means keep every patch's total
+
+        if need_w:
+            x_grid = _pad_to_needed(x_sum, ctx.axes)  # (N, C_in, Hq, Wq)
+            c_out, c_in_g = ctx.weight_shape[:2]
+            # grad_w[co, ci, u, v] = sum_{n, P} g~y[n, co, P] * x~[n, ci, P + tap shift]; on the patch grid this
+            # is the weight gradient of a conv with dilation d / r (kept taps) or a 1-tap kernel (collapsed axis).
+            grad_kept = conv2d_weight(
+                x_grid, (c_out, c_in_g, ax_h.kept_taps, ax_w.kept_taps), g_mean,
+                dilation=grid_dilation, groups=ctx.groups,
+            )  # (C_out, C_in / g, kh', kw')
+            grad_w = grad_kept.expand(ctx.weight_shape).contiguous()  # a collapsed axis repeats over its taps
+
+        if need_x:
+            n, c_in = ctx.x_shape[:2]
+            grid_shape = (n, c_in, ax_h.needed[1] - ax_h.needed[0], ax_w.needed[1] - ax_w.needed[0])
+            # theta~ per stride phase: sum of the taps that reach pixels of that phase, (Ph, Pw, C_out, C_in/g, kh', kw')
+            phase_kernels = torch.einsum(
+                "aiu,bjv,ocuv->abocij", ax_h.tap_matrix(weight), ax_w.tap_matrix(weight), weight
+            )
+            # grad_x on the patch grid = transposed patch-grid conv of g~y, one per phase pair
+            per_phase = torch.stack(
+                [
+                    torch.stack(
+                        [
+                            conv2d_input(grid_shape, phase_kernels[a, b], g_mean,
+                                         dilation=grid_dilation, groups=ctx.groups)
+                            for b in range(ax_w.n_phases)
+                        ],
+                        dim=3,
+                    )
+                    for a in range(ax_h.n_phases)
+                ],
+                dim=2,
+            )  # (N, C_in, Ph, Hq, Pw, Wq)
+            flat = per_phase.reshape(n, c_in, ax_h.n_phases * grid_shape[2], ax_w.n_phases * grid_shape[3])
+            # every input pixel takes its phase's value at its patch: (N, C_in, H, W)
+            grad_x = flat.index_select(2, ax_h.gather_index(flat.device)).index_select(
+                3, ax_w.gather_index(flat.device)
+            )
+
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None
+
+
+def filtered_conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: IntPair = 1,
+    padding: Union[str, IntPair] = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    *,
+    patch_size: int,
+) -> Tensor:
+    """``F.conv2d`` whose backward uses the gradient filter with r x r patches.
+
+    Args:
+        input: (N, C_in, H, W).
+        weight: (C_out, C_in / groups, kh, kw).
+        bias: optional (C_out,).
+        stride: as in F.conv2d.
+        padding: as in F.conv2d (int, pair, 'same' or 'valid'); zero padding only.
+        dilation: as in F.conv2d.
+        groups: as in F.conv2d.
+        patch_size: the paper's r (int >= 1).
+
+    Returns:
+        Exactly ``F.conv2d(input, weight, bias, stride, padding, dilation, groups)``.
+    """
+    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    padding = padding if isinstance(padding, str) else _pair(padding, "padding")
+    modes = axis_modes(tuple(weight.shape[2:]), stride, dilation, patch_size)
+    return _FilteredConv2dFn.apply(input, weight, bias, stride, padding, dilation, groups, patch_size, modes)
