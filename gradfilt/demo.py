@@ -111,7 +111,7 @@ def weight_grads(model: nn.Module, names: list[str], images: Tensor, labels: Ten
     return torch.cat([model.get_submodule(n).weight.grad.flatten() for n in names])
 
 
-def run(data: Path = Path("data"), pretrain_size: int = 12000, finetune_size: int = 6000, epochs: int = 2,
+def run(data: Path = Path("data"), pretrain_size: int = 30000, finetune_size: int = 10000, epochs: int = 3,
         batch_size: int = 128, patch_sizes: tuple[int, ...] = (2, 4), trainable_layers: int = 2, seed: int = 0,
         log_dir: Path | None = Path("runs/demo")) -> list[dict]:
     """Run the demonstration and return one result row per strategy.
@@ -185,9 +185,9 @@ def format_table(rows: list[dict], batch_size: int) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("data"), help="directory holding FashionMNIST/raw")
-    parser.add_argument("--pretrain-size", type=int, default=12000)
-    parser.add_argument("--finetune-size", type=int, default=6000)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--pretrain-size", type=int, default=30000)
+    parser.add_argument("--finetune-size", type=int, default=10000)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--patch-sizes", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--trainable-layers", type=int, default=2)
