@@ -315,7 +315,9 @@ class _FilteredConv2dFn(torch.autograd.Function):
                 ],
                 dim=2,
             )  # (N, C_in, Ph, Hq, Pw, Wq)
-            flat = per_phase.reshape(n, c_in, ax_h.n_phases * grid_shape[2], ax_w.n_phases * grid_shape[3])
+            flat = per_phase.reshape(
+                n, c_in, ax_h.n_phases * grid_shape[2], ax_w.n_phases * grid_shape[3]
+            )  # (N, C_in, Ph * Hq, Pw * Wq)
             # every input pixel takes its phase's value at its patch: (N, C_in, H, W)
             grad_x = flat.index_select(2, ax_h.gather_index(flat.device)).index_select(
                 3, ax_w.gather_index(flat.device)
@@ -353,4 +355,6 @@ def filtered_conv2d(
     stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
     padding = padding if isinstance(padding, str) else _pair(padding, "padding")
     modes = axis_modes(tuple(weight.shape[2:]), stride, dilation, patch_size)
+    if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in (input, weight, bias)):
+        return F.conv2d(input, weight, bias, stride, padding, dilation, groups)  # no backward: keep nothing
     return _FilteredConv2dFn.apply(input, weight, bias, stride, padding, dilation, groups, patch_size, modes)

@@ -268,6 +268,25 @@ def test_saved_memory_is_patch_sums_only(stride, dilation, r):
     assert filtered / plain == pytest.approx(patches / size**2)
 
 
+def test_no_grad_keeps_nothing(monkeypatch):
+    import gradfilt.functional as functional
+
+    def fail(*args):
+        raise AssertionError("patch sums computed although no backward can run")
+
+    monkeypatch.setattr(functional, "_sample_patch_sums", fail)
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    with torch.no_grad():
+        assert torch.equal(filtered_conv2d(x, conv.weight, conv.bias, 1, 1, patch_size=2), conv(x))
+    conv.requires_grad_(False)
+    x.requires_grad_(False)
+    assert torch.equal(filtered_conv2d(x, conv.weight, conv.bias, 1, 1, patch_size=2), conv(x))
+    with pytest.raises(ValueError, match="patch_size"):  # still validated
+        with torch.no_grad():
+            filtered_conv2d(x, conv.weight, patch_size=0)
+
+
 def test_skips_unneeded_work():
     conv = torch.nn.Conv2d(4, 4, 3, padding=1)
     x = torch.randn(2, 4, 8, 8)
