@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Iterable, Optional, Sequence
 
-import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .paths import resolve
+from .trace import trace_layers
 
 __all__ = ["freeze", "last_convs"]
 
@@ -90,6 +90,7 @@ def last_convs(
     n: int,
     example_input: Optional[Tensor] = None,
     input_size: Sequence[int] = (1, 3, 224, 224),
+    main_path: bool = False,
 ) -> list[str]:
     """Dotted names of the last ``n`` Conv2d layers in forward execution order.
 
@@ -98,37 +99,20 @@ def last_convs(
         n: how many convs (the paper's "#Layers"); 0 gives [].
         example_input: a batch to trace with; if None, zeros of ``input_size``.
         input_size: shape of the zeros batch used when ``example_input`` is None.
+        main_path: skip shortcut convs (those reading a tensor an earlier conv already read, like a
+            ResNet downsample). The paper's #Layers counts this way: its ResNet cost cells for 3 and 4
+            layers are layer4.0.conv2 and layer4.0.conv1, not layer4.0.downsample.0.
 
     Raises:
         ValueError if ``n`` is negative or larger than the number of convs the forward pass runs.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be an int >= 0, got {n!r}")
-    names = {m: name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-    order: list[str] = []
-
-    def record(module: nn.Module, args, output) -> None:
-        if names[module] not in order:
-            order.append(names[module])
-
-    handles = [m.register_forward_hook(record) for m in names]
-    flags = {m: m.training for m in model.modules()}
-    param = next(model.parameters(), None)
-    if example_input is None:
-        example_input = torch.zeros(
-            *input_size,
-            device=param.device if param is not None else None,
-            dtype=param.dtype if param is not None else None,
-        )
-    try:
-        model.eval()  # no BN statistics move while tracing
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, flag in flags.items():
-            m.training = flag
+    order = [
+        call.name for call in trace_layers(model, example_input, input_size)
+        if isinstance(call.module, nn.Conv2d) and not (main_path and call.shortcut)
+    ]
     if n > len(order):
-        raise ValueError(f"asked for the last {n} conv layers but the forward pass runs only {len(order)}")
+        kind = "main-path conv layers" if main_path else "conv layers"
+        raise ValueError(f"asked for the last {n} {kind} but the forward pass runs only {len(order)}")
     return order[len(order) - n:]

@@ -79,3 +79,12 @@ def test_last_convs_errors():
         last_convs(model, 30, input_size=(1, 3, 32, 32))
     with pytest.raises(ValueError, match="n must be an int >= 0"):
         last_convs(model, -1)
+
+
+def test_last_convs_main_path_skips_shortcut_convs():
+    model = resnet18()
+    assert last_convs(model, 4, input_size=(1, 3, 64, 64), main_path=True) == [
+        "layer4.0.conv1", "layer4.0.conv2", "layer4.1.conv1", "layer4.1.conv2"
+    ]
+    with pytest.raises(ValueError, match="last 18 main-path conv layers but the forward pass runs only 17"):
+        last_convs(model, 18, input_size=(1, 3, 64, 64), main_path=True)

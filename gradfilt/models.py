@@ -1,0 +1,103 @@
+"""Network builders by name: torchvision's MobileNetV2 / ResNet-18 / ResNet-34 and MCUNet.
+
+MCUNet ("mcunet-5fps", ImageNet) is built from the architecture table in shared/PAPER.md:
+a 3x3 stride-2 stem, 14 inverted-residual blocks (the first without expansion conv), global
+average pooling and a linear classifier; ReLU6 and BatchNorm after every conv. Builders here
+create random weights; loading pretrained weights belongs to the experiment code.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import Tensor, nn
+from torchvision import models as tv
+
+__all__ = ["ARCHS", "register_arch", "build_model", "MCUNetBlock", "mcunet"]
+
+ARCHS: dict[str, Callable[[int], nn.Module]] = {}
+
+
+def register_arch(name: str) -> Callable:
+    """Decorator registering a builder ``fn(num_classes) -> nn.Module`` under ``name``.
+
+    Args:
+        name: the ``--arch`` / ``arch`` value.
+    """
+
+    def decorate(fn: Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
+        if name in ARCHS:
+            raise ValueError(f"arch {name!r} is already registered")
+        ARCHS[name] = fn
+        return fn
+
+    return decorate
+
+
+def build_model(arch: str, num_classes: int) -> nn.Module:
+    """A randomly initialized network.
+
+    Args:
+        arch: a key of ARCHS.
+        num_classes: classifier outputs (>= 1).
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; valid archs: {sorted(ARCHS)}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    return ARCHS[arch](num_classes)
+
+
+register_arch("mobilenet_v2")(lambda num_classes: tv.mobilenet_v2(num_classes=num_classes))
+register_arch("resnet18")(lambda num_classes: tv.resnet18(num_classes=num_classes))
+register_arch("resnet34")(lambda num_classes: tv.resnet34(num_classes=num_classes))
+
+
+def _conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
+    layers = [nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(c_out)]
+    return nn.Sequential(*layers, nn.ReLU6(inplace=True)) if act else nn.Sequential(*layers)
+
+
+class MCUNetBlock(nn.Module):
+    """Inverted residual: [1x1 expand] -> kxk depthwise (stride) -> 1x1 project, residual if shapes allow.
+
+    Args:
+        c_in: input channels.
+        c_out: output channels.
+        kernel: depthwise kernel size.
+        stride: depthwise stride.
+        expanded: width of the depthwise conv; equal to c_in means no expansion conv.
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, expanded: int) -> None:
+        super().__init__()
+        expand = [_conv_bn(c_in, expanded, 1)] if expanded != c_in else []
+        self.conv = nn.Sequential(
+            *expand,
+            _conv_bn(expanded, expanded, kernel, stride, groups=expanded),
+            _conv_bn(expanded, c_out, 1, act=False),
+        )
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+# (in, out, kernel, stride, expanded width) per block, from shared/PAPER.md
+MCUNET_5FPS = [
+    (16, 8, 3, 1, 16), (8, 16, 3, 2, 32), (16, 16, 3, 1, 48), (16, 24, 7, 2, 48), (24, 24, 3, 1, 120),
+    (24, 40, 3, 2, 120), (40, 40, 7, 1, 160), (40, 48, 5, 1, 160), (48, 48, 3, 1, 144), (48, 48, 3, 1, 192),
+    (48, 96, 7, 2, 240), (96, 96, 5, 1, 384), (96, 96, 5, 1, 384), (96, 160, 3, 1, 576),
+]
+
+
+@register_arch("mcunet")
+def mcunet(num_classes: int = 1000) -> nn.Sequential:
+    """MCUNet "mcunet-5fps": stem, 14 MCUNetBlocks, global pooling, linear classifier."""
+    return nn.Sequential(
+        _conv_bn(3, 16, 3, 2),
+        *(MCUNetBlock(*cfg) for cfg in MCUNET_5FPS),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(MCUNET_5FPS[-1][1], num_classes),
+    )
