@@ -30,7 +30,7 @@ class FilteredConv2d(nn.Conv2d):
                 f"FilteredConv2d supports padding_mode='zeros' only, got {self.padding_mode!r}"
             )
         self.patch_size = check_patch_size(patch_size)
-        axis_modes(self.kernel_size, self.stride, self.dilation, self.patch_size)
+        axis_modes(self.stride, self.dilation, self.patch_size)
 
     def forward(self, input: Tensor) -> Tensor:
         return filtered_conv2d(

@@ -100,7 +100,7 @@ def _conv_cost(call: LayerCall, patch_size: Optional[int], grad_input: bool, bat
         if grad_input:
             flops += batch * 2 * c_out * c_in_g * taps * hw
         return flops, batch * c_in * h_in * w_in * FLOAT_BYTES
-    modes = axis_modes(conv.kernel_size, conv.stride, conv.dilation, patch_size)
+    modes = axis_modes(conv.stride, conv.dilation, patch_size)
     kept, phases = 1, 1
     for mode, k, s in zip(modes, conv.kernel_size, conv.stride):
         kept *= k if mode == "grid" else 1

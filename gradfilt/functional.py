@@ -86,11 +86,10 @@ def _axis_mode(stride: int, dilation: int, patch_size: int, axis: str) -> str:
     return "collapse"
 
 
-def axis_modes(kernel_size: IntPair, stride: IntPair, dilation: IntPair, patch_size: int) -> tuple[str, str]:
+def axis_modes(stride: IntPair, dilation: IntPair, patch_size: int) -> tuple[str, str]:
     """Validate a conv geometry for filtering and return the (height, width) modes.
 
     Args:
-        kernel_size: conv kernel size (int or pair); only used for the error messages' context.
         stride: conv stride.
         dilation: conv dilation.
         patch_size: the paper's r.
@@ -99,7 +98,6 @@ def axis_modes(kernel_size: IntPair, stride: IntPair, dilation: IntPair, patch_s
         A pair of 'grid' / 'collapse', one per spatial axis.
     """
     check_patch_size(patch_size)
-    _pair(kernel_size, "kernel_size")
     sh, sw = _pair(stride, "stride")
     dh, dw = _pair(dilation, "dilation")
     return (_axis_mode(sh, dh, patch_size, "height"), _axis_mode(sw, dw, patch_size, "width"))
@@ -354,7 +352,7 @@ def filtered_conv2d(
     """
     stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
     padding = padding if isinstance(padding, str) else _pair(padding, "padding")
-    modes = axis_modes(tuple(weight.shape[2:]), stride, dilation, patch_size)
+    modes = axis_modes(stride, dilation, patch_size)
     if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in (input, weight, bias)):
         return F.conv2d(input, weight, bias, stride, padding, dilation, groups)  # no backward: keep nothing
     return _FilteredConv2dFn.apply(input, weight, bias, stride, padding, dilation, groups, patch_size, modes)

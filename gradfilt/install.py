@@ -119,16 +119,11 @@ def _cbr(module: nn.Module) -> list[str]:
     return []
 
 
+@register_filter_type("mcunet_block")
 @register_filter_type("inverted_residual")
 def _inverted_residual(module: nn.Module) -> list[str]:
-    """MobileNetV2 block (torchvision or mmseg InvertedResidual) or the MCUNet block: all its convs."""
-    _expect(module, _class_is(module, "InvertedResidual", "MCUNetBlock"), "an InvertedResidual block")
-    return _convs_under(module)
-
-
-@register_filter_type("mcunet_block")
-def _mcunet_block(module: nn.Module) -> list[str]:
-    _expect(module, _class_is(module, "MCUNetBlock", "InvertedResidual"), "an MCUNet block")
+    """MobileNetV2 block (torchvision or mmseg InvertedResidual) or gradfilt's MCUNetBlock: all its convs."""
+    _expect(module, _class_is(module, "InvertedResidual", "MCUNetBlock"), "an InvertedResidual or MCUNetBlock")
     return _convs_under(module)
 
 
