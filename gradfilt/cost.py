@@ -48,8 +48,9 @@ from torch import Tensor, nn
 from torch.autograd.graph import saved_tensors_hooks
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .freeze import last_convs
+from .freeze import freeze, last_convs
 from .functional import axis_modes, check_patch_size
+from .install import install_filters
 from .models import ARCHS, build_model
 from .trace import LayerCall, trace_layers
 
@@ -297,9 +298,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(str(err))
     result = report.to_dict()
     if args.measure:
-        from .freeze import freeze
-        from .install import install_filters
-
         names = [layer.name for layer in report.layers]
         freeze(model, ["", *(f"~{n}" for n in names)])
         convs = [layer.name for layer in report.layers if layer.type == "conv"]
@@ -311,7 +309,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"| layer | input | output | patch | grad_x | backward FLOPs | memory |\n|---|---|---|---|---|---|---|")
+    print("| layer | input | output | patch | grad_x | backward FLOPs | memory |\n|---|---|---|---|---|---|---|")
     for layer in report.layers:
         print(f"| {layer.name} | {'x'.join(map(str, layer.in_shape))} | {'x'.join(map(str, layer.out_shape))} | "
               f"{layer.patch_size or '-'} | {'yes' if layer.needs_grad_input else 'no'} | "
