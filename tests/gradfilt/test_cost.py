@@ -1,6 +1,7 @@
 """The cost model against every published cell of shared/PAPER.md, plus measured memory and the CLI."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -186,4 +187,4 @@ def test_cli_errors(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
-    assert __import__("re").search(message, capsys.readouterr().err)
+    assert re.search(message, capsys.readouterr().err)
