@@ -26,10 +26,10 @@ $(FMNIST): | $(STAMP)
 	PY=$(PY) bash scripts/get_fmnist.sh data
 
 demo: $(STAMP) $(FMNIST)
-	$(PY) -m gradfilt.demo
+	PY=$(PY) bash scripts/classification/fmnist_demo.sh
 
 test: $(STAMP) $(FMNIST)
 	$(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) data runs .pytest_cache

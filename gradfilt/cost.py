@@ -38,23 +38,26 @@ activations included), through ``torch.autograd.graph.saved_tensors_hooks``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.graph import saved_tensors_hooks
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .conv import FilteredConv2d
 from .freeze import freeze, last_convs
+from .fuse import fuse_bn
 from .functional import axis_modes, check_patch_size
 from .install import install_filters
 from .models import ARCHS, build_model
 from .trace import LayerCall, trace_layers
 
-__all__ = ["LayerCost", "CostReport", "estimate", "measure", "main"]
+__all__ = ["LayerCost", "CostReport", "estimate", "estimate_configured", "measure", "main"]
 
 FLOAT_BYTES = 4
 
@@ -80,7 +83,7 @@ class CostReport:
     backward_flops: int
     activation_bytes: int
     batch_size: int
-    patch_size: Optional[int]
+    patch_size: Union[None, int, dict[str, int]]
     layers: list[LayerCost] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -136,7 +139,7 @@ def estimate(
     model: nn.Module,
     image_size: Union[int, Sequence[int]] = 224,
     trainable: Union[int, str, Sequence[str]] = "all",
-    patch_size: Optional[int] = None,
+    patch_size: Union[None, int, Mapping[str, int]] = None,
     batch_size: int = 1,
     in_channels: int = 3,
 ) -> CostReport:
@@ -147,12 +150,15 @@ def estimate(
         image_size: S or (H, W).
         trainable: N (the paper's "#Layers": last N main-path convs + the classifier), 'all', or
             explicit layer names.
-        patch_size: the gradient filter's r for the trainable convs; None for vanilla BP.
+        patch_size: the gradient filter's r for the trainable convs; None for vanilla BP; or a
+            mapping conv name -> r (convs not in it use vanilla BP).
         batch_size: images per step (the paper uses 1).
         in_channels: channels of the input image.
     """
-    if patch_size is not None:
-        check_patch_size(patch_size)
+    per_layer = dict(patch_size) if isinstance(patch_size, Mapping) else None
+    for r in per_layer.values() if per_layer is not None else [patch_size]:
+        if r is not None:
+            check_patch_size(r)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
@@ -174,21 +180,44 @@ def estimate(
     for call in calls:
         if call.name in chosen:
             if isinstance(call.module, nn.Conv2d):
-                flops, nbytes = _conv_cost(call, patch_size, earlier_trainable, batch_size)
-                layers.append(LayerCost(call.name, "conv", call.in_shape, call.out_shape, patch_size,
+                r = per_layer.get(call.name) if per_layer is not None else patch_size
+                flops, nbytes = _conv_cost(call, r, earlier_trainable, batch_size)
+                layers.append(LayerCost(call.name, "conv", call.in_shape, call.out_shape, r,
                                         earlier_trainable, flops, nbytes))
             else:
                 fan_in, fan_out = call.in_shape[-1], call.out_shape[-1]
                 layers.append(LayerCost(call.name, "linear", call.in_shape, call.out_shape, None,
                                         earlier_trainable, 3 * batch_size * fan_in * fan_out, 0))
             earlier_trainable = True
+    if per_layer is not None:
+        unknown = sorted(set(per_layer) - {c.name for c in calls if isinstance(c.module, nn.Conv2d)})
+        if unknown:
+            raise ValueError(f"patch sizes given for {unknown}, which are not traced Conv2d layers")
     return CostReport(
         backward_flops=sum(layer.flops for layer in layers),
         activation_bytes=sum(layer.activation_bytes for layer in layers),
         batch_size=batch_size,
-        patch_size=patch_size,
+        patch_size=per_layer if per_layer is not None else patch_size,
         layers=layers,
     )
+
+
+def estimate_configured(
+    model: nn.Module, image_size: Union[int, Sequence[int]] = 224, batch_size: int = 1, in_channels: int = 3
+) -> CostReport:
+    """:func:`estimate` for a model already set up for training: the trainable layers are the
+    Conv2d/Linear layers whose weight requires grad, the patch sizes those of its FilteredConv2d.
+
+    Args:
+        model: a model after ``freeze`` / ``install_filters`` (or any equivalent set-up).
+        image_size: S or (H, W).
+        batch_size: images per step.
+        in_channels: channels of the input image.
+    """
+    trainable = [n for n, m in model.named_modules()
+                 if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.requires_grad]
+    patches = {n: m.patch_size for n, m in model.named_modules() if isinstance(m, FilteredConv2d) and n in trainable}
+    return estimate(model, image_size, trainable, patches, batch_size, in_channels)
 
 
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU)
@@ -276,36 +305,60 @@ def _trainable_arg(value: str) -> Union[int, str]:
         raise argparse.ArgumentTypeError(f"must be an int >= 0 or 'all', got {value!r}") from None
 
 
+def _measured(model: nn.Module, batch: Tensor) -> dict[str, dict[str, int]]:
+    """Saved bytes of the model as set up and, if it has BatchNorm, of a copy with BN folded."""
+    out = {"as configured": measure(model, batch)}
+    if any(isinstance(m, _BatchNorm) for m in model.modules()):
+        fused = copy.deepcopy(model)
+        fuse_bn(fused, batch)
+        out["fuse_bn"] = measure(fused, batch)
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI: python -m gradfilt.cost --arch resnet18 --num-classes 10 --trainable-layers 2 --patch-size 2."""
     parser = argparse.ArgumentParser(prog="python -m gradfilt.cost", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", required=True, help=f"one of {sorted(ARCHS)}")
+    parser.add_argument("--arch", help=f"one of {sorted(ARCHS)}")
+    parser.add_argument("--config", action="append", default=[], metavar="YAML",
+                        help="classification config(s), composed in order, instead of --arch ... --patch-size")
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--image-size", type=int, nargs="+", default=[224], metavar="S", help="S or H W")
     parser.add_argument("--trainable-layers", type=_trainable_arg, default="all", help="N (paper's #Layers) or all")
     parser.add_argument("--patch-size", type=int, default=None, help="gradient filter r (omit for vanilla BP)")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--measure", action="store_true", help="also run one real step and report saved bytes")
+    parser.add_argument("--measure", action="store_true",
+                        help="also run one real step and report saved bytes, as set up and with BN folded")
     args = parser.parse_args(argv)
+    if (args.arch is None) == (not args.config):
+        parser.error("give either --arch (with --num-classes, --image-size, ...) or --config, exactly one")
     if len(args.image_size) not in (1, 2):
         parser.error(f"--image-size takes S or H W, got {args.image_size}")
     try:
-        model = build_model(args.arch, args.num_classes)
-        size = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size)
-        report = estimate(model, size, args.trainable_layers, args.patch_size, args.batch_size)
+        if args.config:
+            # the classification experiment code is only needed for this option
+            from classification.cli import configured_model, resolve_config
+
+            module = configured_model(resolve_config([a for f in args.config for a in ("--config", f)]))
+            model, size = module.model, module.hparams.image_size
+            report = estimate_configured(model, size, args.batch_size)
+            module.train()  # the run's train/eval flags (bn_eval, frozen BN)
+        else:
+            model = build_model(args.arch, args.num_classes)
+            size = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size)
+            report = estimate(model, size, args.trainable_layers, args.patch_size, args.batch_size)
+            if args.measure:
+                freeze(model, ["", *(f"~{layer.name}" for layer in report.layers)])
+                if args.patch_size is not None:
+                    install_filters(model, [{"path": layer.name, "patch_size": args.patch_size, "type": "conv"}
+                                            for layer in report.layers if layer.type == "conv"])
+                model.train()
     except ValueError as err:
         parser.error(str(err))
     result = report.to_dict()
     if args.measure:
-        names = [layer.name for layer in report.layers]
-        freeze(model, ["", *(f"~{n}" for n in names)])
-        convs = [layer.name for layer in report.layers if layer.type == "conv"]
-        if args.patch_size is not None:
-            install_filters(model, [{"path": n, "patch_size": args.patch_size, "type": "conv"} for n in convs])
         h, w = (size, size) if isinstance(size, int) else size
-        model.train()
-        result["measured_bytes"] = measure(model, torch.randn(args.batch_size, 3, h, w))
+        result["measured_bytes"] = _measured(model, torch.randn(args.batch_size, 3, h, w))
     if args.json:
         print(json.dumps(result))
         return 0
@@ -317,8 +370,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"\ntotal backward FLOPs: {format_flops(report.backward_flops)}  "
           f"activation memory (conv inputs): {format_bytes(report.activation_bytes)}  batch {report.batch_size}")
     if args.measure:
-        measured = result["measured_bytes"]
-        print("measured saved for backward: " + ", ".join(f"{k} {format_bytes(v)}" for k, v in measured.items()))
+        for setup, measured in result["measured_bytes"].items():
+            print(f"measured saved for backward ({setup}): "
+                  + ", ".join(f"{k} {format_bytes(v)}" for k, v in measured.items()))
     return 0
 
 

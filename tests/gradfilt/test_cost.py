@@ -2,12 +2,13 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
 
-from gradfilt import install_filters
-from gradfilt.cost import estimate, main, measure
+from gradfilt import freeze, install_filters
+from gradfilt.cost import estimate, estimate_configured, main, measure
 from gradfilt.models import build_model
 
 M, G, K = 1e6, 1e9, 1e3
@@ -158,6 +159,43 @@ def test_measure_splits_saved_bytes_by_layer_type():
     assert filtered["total"] == sum(v for k, v in filtered.items() if k != "total")
 
 
+def test_configured_model_costs_like_the_strategy():
+    model = build_model("resnet18", 10)
+    expected = estimate(model, 224, 3, 4)
+    names = [layer.name for layer in expected.layers]
+    install_filters(model, [{"path": n, "patch_size": 4, "type": "conv"} for n in names if n != "fc"])
+    freeze(model, ["", *(f"~{n}" for n in names)])
+    configured = estimate_configured(model, 224)
+    assert configured.layers == expected.layers and configured.backward_flops == expected.backward_flops
+    assert configured.patch_size == {n: 4 for n in names if n != "fc"}
+    with pytest.raises(ValueError, match=r"patch sizes given for \['layer9'\], which are not traced Conv2d"):
+        estimate(model, 224, ["fc"], {"layer9": 2})
+
+
+CLASSIFICATION = Path(__file__).resolve().parents[2] / "configs" / "classification"
+
+
+def test_cli_reads_a_classification_config(capsys, tmp_path):
+    files = ["base.yaml", "models/resnet34.yaml", "datasets/cifar100.yaml", "schedules/cifar_finetune.yaml",
+             "strategies/r2.yaml"]
+    layers = tmp_path / "layers4.yaml"
+    layers.write_text("model:\n  trainable_layers: 4\n")
+    argv = [a for f in files for a in ("--config", str(CLASSIFICATION / f))] + ["--config", str(layers)]
+    assert main([*argv, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["backward_flops"] == pytest.approx(64.21 * M, rel=0.01)  # Table 11, ResNet-34 CIFAR-100 R2 4L
+    assert result["patch_size"] == {"layer4.1.conv1": 2, "layer4.1.conv2": 2, "layer4.2.conv1": 2,
+                                    "layer4.2.conv2": 2}
+
+
+def test_cli_measures_with_and_without_bn_folded(capsys):
+    assert main(["--arch", "resnet18", "--num-classes", "10", "--image-size", "64", "--trainable-layers", "2",
+                 "--patch-size", "2", "--batch-size", "2", "--measure", "--json"]) == 0
+    measured = json.loads(capsys.readouterr().out)["measured_bytes"]
+    assert measured["as configured"]["batchnorm"] > 0 and measured["fuse_bn"]["batchnorm"] == 0
+    assert measured["fuse_bn"]["conv"] == measured["as configured"]["conv"] == 2 * 2 * 512 * 1 * 4
+
+
 def test_cli_json_contract(capsys):
     assert main(["--arch", "resnet18", "--num-classes", "10", "--image-size", "224",
                  "--trainable-layers", "1", "--patch-size", "7", "--json"]) == 0
@@ -172,12 +210,14 @@ def test_cli_table_and_measure(capsys):
                  "--measure"]) == 0
     out = capsys.readouterr().out
     assert "| 14.conv.2.0 | 576x3x3 | 160x3x3 | 2 | yes |" in out
-    assert "measured saved for backward: conv " in out
+    assert "measured saved for backward (as configured): conv " in out
+    assert "measured saved for backward (fuse_bn): conv " in out
 
 
 @pytest.mark.parametrize(
     "argv,message",
     [
+        ([], "give either --arch .* or --config, exactly one"),
         (["--arch", "vgg"], r"unknown arch 'vgg'; valid archs: \['mcunet', 'mobilenet_v2', 'resnet18', 'resnet34'\]"),
         (["--arch", "resnet18", "--trainable-layers", "two"], "must be an int >= 0 or 'all'"),
         (["--arch", "resnet18", "--patch-size", "0"], "patch_size must be an int >= 1"),

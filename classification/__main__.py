@@ -1,0 +1,6 @@
+"""``python -m classification {fit,validate,test} --config ...``: see classification/cli.py."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    main()

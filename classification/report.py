@@ -1,0 +1,170 @@
+"""``python -m classification.report RUNS [RUNS ...] [--csv FILE] [--png FILE] [--all-versions]``.
+
+Reads the TensorBoard event files and resolved ``config.yaml`` of every run under the given
+folders and prints the paper-style table (strategy, #layers, patch size, best validation
+accuracy, test accuracy when a test ran, backward FLOPs and activation memory from the cost
+model) as Markdown; writes it as CSV, and plots accuracy against backward FLOPs (log scale)
+like the paper's Figure 4. The versions of a run folder (a fit, a later test) form one row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+from pathlib import Path
+from typing import Optional, Sequence
+
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from gradfilt.cost import format_bytes, format_flops
+
+from .module import strategy_tag
+
+__all__ = ["collect", "markdown", "write_csv", "plot", "main"]
+
+COLUMNS = ["table", "model", "dataset", "strategy", "layers", "patch_size", "val_acc", "test_acc",
+           "backward_flops", "activation_bytes", "run"]
+
+
+def _scalars(run: Path) -> dict[str, list[float]]:
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def _version(path: Path) -> int:
+    match = re.fullmatch(r"version_(\d+)", path.name)
+    return int(match.group(1)) if match else -1
+
+
+def collect(roots: Sequence[Path], all_versions: bool = False) -> list[dict]:
+    """One row per run folder (runs/<table>/<arch>/<dataset>/<strategy>).
+
+    A run folder holds ``version_N`` subfolders (config.yaml + TensorBoard events): a fit and,
+    e.g., a later ``test``. Each scalar is taken from the newest version that logged it.
+
+    Args:
+        roots: folders searched recursively.
+        all_versions: one row per version_N instead of one per run folder.
+    """
+    versions = sorted({cfg.parent for root in roots for cfg in Path(root).rglob("config.yaml")
+                       if any(cfg.parent.glob("events.out.tfevents.*"))}, key=lambda p: (p.parent, _version(p)))
+    groups: dict[Path, list[Path]] = {}
+    for v in versions:
+        groups.setdefault(v if all_versions else v.parent, []).append(v)
+    rows = []
+    for key, members in groups.items():
+        scalars: dict[str, list[float]] = {}
+        for v in members:  # oldest first: newer versions overwrite
+            scalars.update(_scalars(v))
+        cfg = yaml.safe_load((members[-1] / "config.yaml").read_text())
+        model, data = cfg["model"], cfg["data"]
+
+        def best(tag: str) -> Optional[float]:
+            return max(scalars[tag]) if scalars.get(tag) else None
+
+        rows.append({
+            "table": cfg.get("table"),
+            "model": model["arch"],
+            "dataset": data["dataset"],
+            "strategy": cfg.get("run_name") or strategy_tag(model["trainable_layers"], model["patch_size"],
+                                                            model["filter_install"], model["freeze"]),
+            "layers": model["trainable_layers"] if not model["freeze"] else "custom",
+            "patch_size": model["patch_size"] if not model["filter_install"] else "custom",
+            "val_acc": best("Val/Acc"),
+            "test_acc": scalars["Test/Acc"][-1] if scalars.get("Test/Acc") else None,
+            "backward_flops": best("Cost/BackwardFLOPs"),
+            "activation_bytes": best("Cost/ActivationBytes"),
+            "run": str(key),
+        })
+    return sorted(rows, key=_order)
+
+
+def _order(row: dict) -> tuple:
+    """Group by table/model/dataset; stages first, then by #layers and patch size (vanilla first)."""
+    layers, patch = row["layers"], row["patch_size"]
+    return (str(row["table"]), row["model"], row["dataset"], row["strategy"] not in ("pretrain", "no-finetune"),
+            str(layers) if not isinstance(layers, int) else f"{layers:04d}", patch if isinstance(patch, int) else 0)
+
+
+def _pct(value: Optional[float]) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def markdown(rows: list[dict]) -> str:
+    """The rows as a Markdown table (accuracies in %, FLOPs and bytes in the paper's units)."""
+    lines = ["| model | dataset | strategy | #layers | patch | val acc % | test acc % | backward FLOPs | memory |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        flops = "-" if r["backward_flops"] is None else format_flops(int(r["backward_flops"]))
+        mem = "-" if r["activation_bytes"] is None else format_bytes(int(r["activation_bytes"]))
+        lines.append(f"| {r['model']} | {r['dataset']} | {r['strategy']} | {r['layers']} | "
+                     f"{r['patch_size'] if r['patch_size'] is not None else '-'} | {_pct(r['val_acc'])} | "
+                     f"{_pct(r['test_acc'])} | {flops} | {mem} |")
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    """Write the rows (raw numbers) to ``path``."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Accuracy vs backward FLOPs (log x), one series per model/dataset, points labelled by strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        if r["val_acc"] is not None and r["backward_flops"]:
+            groups.setdefault((r["model"], r["dataset"]), []).append(r)
+    for (model, dataset), points in sorted(groups.items()):
+        xs = [p["backward_flops"] for p in points]
+        ys = [100 * (p["test_acc"] if p["test_acc"] is not None else p["val_acc"]) for p in points]
+        ax.scatter(xs, ys, label=f"{model} / {dataset}")
+        for p, x, y in zip(points, xs, ys):
+            ax.annotate(p["strategy"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("backward FLOPs per image (cost model)")
+    ax.set_ylabel("accuracy % (test if run, else best validation)")
+    ax.grid(True, which="both", alpha=0.3)
+    if groups:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(prog="python -m classification.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("roots", nargs="+", type=Path, help="run folders, e.g. runs/table11")
+    parser.add_argument("--csv", type=Path, default=None, help="default: <first root>/report.csv")
+    parser.add_argument("--png", type=Path, default=None, help="default: <first root>/report.png")
+    parser.add_argument("--all-versions", action="store_true", help="one row per version_N")
+    args = parser.parse_args(argv)
+    missing = [str(r) for r in args.roots if not r.is_dir()]
+    if missing:
+        parser.error(f"no such folder(s): {missing}")
+    rows = collect(args.roots, args.all_versions)
+    if not rows:
+        parser.error(f"no runs (config.yaml + TensorBoard events) under {[str(r) for r in args.roots]}")
+    print(markdown(rows))
+    csv_path = args.csv or args.roots[0] / "report.csv"
+    png_path = args.png or args.roots[0] / "report.png"
+    write_csv(rows, csv_path)
+    plot(rows, png_path)
+    print(f"\nwrote {csv_path} and {png_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,144 @@
+"""End-to-end LightningCLI runs on a few hundred real Fashion-MNIST images at 32x32, and CLI errors."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from classification.cli import main
+from classification.module import ClassificationModule
+from classification.report import collect, main as report_main
+from gradfilt import FilteredConv2d
+from gradfilt.cost import estimate
+
+REPO = Path(__file__).resolve().parents[2]
+CFG = REPO / "configs" / "classification"
+
+
+def _args(fmnist_root, tmp_path, *extra, configs=()):
+    """Config files (base, resnet18, fmnist, then ``configs``), then tiny-run overrides, then ``extra``."""
+    files = [CFG / "base.yaml", CFG / "models" / "resnet18.yaml", CFG / "datasets" / "fmnist.yaml", *configs]
+    return [*(a for f in files for a in ("--config", str(f))),
+            "--data.data_dir", str(fmnist_root), "--data.split_file", str(tmp_path / "split.npy"),
+            "--data.image_size", "32", "--data.subset", "160", "--data.batch_size", "32", "--data.num_workers", "0",
+            "--runs_dir", str(tmp_path / "runs"), "--table", "t", "--trainer.max_epochs", "1",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra]
+
+
+def _finetune(fmnist_root, tmp_path, strategy, *extra):
+    pretrained = tmp_path / "runs" / "t" / "resnet18" / "fmnist" / "pretrain" / "best.ckpt"
+    return _args(fmnist_root, tmp_path, "--model.trainable_layers", "2", "--model.init_from", str(pretrained),
+                 *extra, configs=[CFG / "schedules" / "fmnist_finetune.yaml", CFG / "strategies" / f"{strategy}.yaml"])
+
+
+@pytest.fixture(scope="module")
+def runs(fmnist_root, tmp_path_factory):
+    """Pretrain, then fine-tune vanilla and R2 (2 layers) from it; returns (tmp, {name: cli})."""
+    tmp = tmp_path_factory.mktemp("cls")
+    clis = {"pretrain": main(["fit", *_args(fmnist_root, tmp, configs=[CFG / "schedules" / "fmnist_pretrain.yaml"])])}
+    for strategy in ("vanilla", "r2"):
+        clis[strategy] = main(["fit", *_finetune(fmnist_root, tmp, strategy)])
+    return tmp, clis
+
+
+def test_pretrain_writes_logs_config_and_best_checkpoint(runs):
+    tmp, clis = runs
+    folder = tmp / "runs" / "t" / "resnet18" / "fmnist" / "pretrain"
+    assert (folder / "best.ckpt").is_file()
+    version = folder / "version_0"
+    assert (version / "config.yaml").is_file() and list(version.glob("events.out.tfevents.*"))
+    assert clis["pretrain"].model.hparams.num_classes == 10  # linked from data.dataset
+
+
+def test_filtered_finetune_trains_only_the_filtered_layers(runs, fmnist_root):
+    tmp, clis = runs
+    model = clis["r2"].model
+    assert model.strategy == "R2-2L"
+    trained = {n for n, p in model.model.named_parameters() if p.requires_grad}
+    assert trained == {"layer4.1.conv1.weight", "layer4.1.conv1.bias", "layer4.1.conv2.weight",
+                       "layer4.1.conv2.bias", "fc.weight", "fc.bias"}  # biases from fuse_bn
+    for name in ("layer4.1.conv1", "layer4.1.conv2"):
+        conv = model.model.get_submodule(name)
+        assert type(conv) is FilteredConv2d and conv.patch_size == 2
+    assert sum(isinstance(m, FilteredConv2d) for m in model.modules()) == 2
+    fresh = ClassificationModule(**{k: v for k, v in model.hparams.items() if not k.startswith("_")})  # as set up
+    before = dict(fresh.model.named_parameters())
+    for name, param in model.model.named_parameters():
+        if name in trained:
+            assert not torch.equal(param, before[name]), name
+        else:
+            assert torch.equal(param, before[name]), name  # frozen: bit-identical
+
+
+def test_vanilla_and_filtered_start_from_the_same_weights(runs):
+    _, clis = runs
+    a, b = clis["vanilla"].model.model, clis["r2"].model.model
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        if not pa.requires_grad:
+            assert torch.equal(pa, pb), name
+    assert not any(isinstance(m, FilteredConv2d) for m in a.modules())
+
+
+def test_cost_is_logged_and_reported(runs, capsys):
+    tmp, clis = runs
+    rows = {r["strategy"]: r for r in collect([tmp / "runs" / "t"])}
+    assert set(rows) == {"pretrain", "vanilla-2L", "R2-2L"}
+    fresh = ClassificationModule(arch="resnet18", num_classes=10, image_size=32)
+    expected = estimate(fresh.model, 32, 2, 2).backward_flops
+    assert rows["R2-2L"]["backward_flops"] == expected == clis["r2"].model.cost.backward_flops
+    assert rows["vanilla-2L"]["backward_flops"] > rows["R2-2L"]["backward_flops"]
+    assert 0.0 <= rows["R2-2L"]["val_acc"] <= 1.0
+    assert report_main([str(tmp / "runs" / "t")]) == 0
+    out = capsys.readouterr().out
+    assert "| resnet18 | fmnist | R2-2L | 2 | 2 |" in out
+    assert (tmp / "runs" / "t" / "report.csv").is_file() and (tmp / "runs" / "t" / "report.png").stat().st_size > 0
+
+
+def test_validate_test_and_resume(runs, fmnist_root):
+    tmp, clis = runs
+    best = tmp / "runs" / "t" / "resnet18" / "fmnist" / "R2-2L" / "best.ckpt"
+    args = _finetune(fmnist_root, tmp, "r2")
+    main(["validate", *args, "--ckpt_path", str(best)])
+    main(["test", *args, "--ckpt_path", str(best)])
+    row = {r["strategy"]: r for r in collect([tmp / "runs" / "t"])}["R2-2L"]
+    assert row["test_acc"] is not None
+    last = next((tmp / "runs" / "t" / "resnet18" / "fmnist" / "R2-2L" / "version_0" / "checkpoints").glob("last*.ckpt"))
+    resumed = main(["fit", *args, "--ckpt_path", str(last), "--trainer.max_epochs", "2"])
+    assert resumed.trainer.current_epoch == 2
+    assert resumed.trainer.global_step == 2 * clis["r2"].trainer.global_step
+
+
+def test_composed_configs_resolve(fmnist_root, tmp_path):
+    cli = main(_args(fmnist_root, tmp_path, "--model.trainable_layers", "3",
+                     configs=[CFG / "schedules" / "cifar_finetune.yaml", CFG / "strategies" / "r4.yaml"]), run=False)
+    hp = cli.model.hparams
+    assert (hp.patch_size, hp.trainable_layers, hp.fuse_bn, hp.momentum, hp.image_size) == (4, 3, True, 0.0, 32)
+    assert cli.datamodule.partition == 1 and cli.trainer.gradient_clip_val == 2.0
+    explicit = main(_args(fmnist_root, tmp_path, configs=[CFG / "strategies" / "resnet18_layer4_r2.yaml"]), run=False)
+    assert explicit.model.strategy == "custom"
+    filtered = sorted(n for n, m in explicit.model.model.named_modules() if isinstance(m, FilteredConv2d))
+    assert filtered == ["layer4.1.conv1", "layer4.1.conv2"]
+
+
+@pytest.mark.parametrize("extra, error, message", [
+    (["--model.bogus", "1"], SystemExit, "bogus"),
+    (["--data.dataset", "svhn"], SystemExit, r"unknown dataset 'svhn'; valid datasets: \['cifar10', 'cifar100'"),
+    (["--model.arch", "vgg"], ValueError, r"unknown arch 'vgg'; valid archs: \['mcunet', 'mobilenet_v2'"),
+    (["--model.trainable_layers", "40"], ValueError, r"trainable_layers=40 for resnet18: asked for the last 40 "
+                                                     r"main-path conv layers but the forward pass runs only 17"),
+    (["--model.patch_size", "2", "--model.filter_install", "[{path: fc, patch_size: 2}]"], ValueError,
+     "either model.patch_size"),
+    (["--model.filter_install", "[{path: layer9, patch_size: 2}]"], KeyError, "layer9"),
+])
+def test_cli_errors(fmnist_root, tmp_path, extra, error, message, capsys):
+    """Parser errors exit with status 2 and say why on stderr; set-up errors raise with the reason."""
+    with pytest.raises(error, match=None if error is SystemExit else message) as info:
+        main(_args(fmnist_root, tmp_path, *extra), run=False)
+    if error is SystemExit:
+        assert info.value.code == 2 and re.search(message, capsys.readouterr().err)
+
+
+def test_missing_data_directory(fmnist_root, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist; set data.data_dir"):
+        main(_args(fmnist_root, tmp_path, "--data.data_dir", str(tmp_path / "nowhere")), run=False)
