@@ -57,7 +57,7 @@ from .install import install_filters
 from .models import ARCHS, build_model
 from .trace import LayerCall, trace_layers
 
-__all__ = ["LayerCost", "CostReport", "estimate", "estimate_configured", "measure", "main"]
+__all__ = ["LayerCost", "CostReport", "conv_cost", "estimate", "estimate_configured", "measure", "main"]
 
 FLOAT_BYTES = 4
 
@@ -90,8 +90,15 @@ class CostReport:
         return asdict(self)
 
 
-def _conv_cost(call: LayerCall, patch_size: Optional[int], grad_input: bool, batch: int) -> tuple[int, int]:
-    """(FLOPs, bytes) of one trainable conv; see the module docstring for the formulas."""
+def conv_cost(call: LayerCall, patch_size: Optional[int], grad_input: bool, batch: int) -> tuple[int, int]:
+    """(backward FLOPs, bytes kept for backward) of one trainable conv, formulas in the module docstring.
+
+    Args:
+        call: the traced layer (module and shapes without batch).
+        patch_size: r, or None for vanilla BP.
+        grad_input: whether its grad_x is computed (an earlier layer trains).
+        batch: images per step.
+    """
     conv = call.module
     c_in, h_in, w_in = call.in_shape
     c_out, h_out, w_out = call.out_shape
@@ -181,7 +188,7 @@ def estimate(
         if call.name in chosen:
             if isinstance(call.module, nn.Conv2d):
                 r = per_layer.get(call.name) if per_layer is not None else patch_size
-                flops, nbytes = _conv_cost(call, r, earlier_trainable, batch_size)
+                flops, nbytes = conv_cost(call, r, earlier_trainable, batch_size)
                 layers.append(LayerCost(call.name, "conv", call.in_shape, call.out_shape, r,
                                         earlier_trainable, flops, nbytes))
             else:

@@ -34,7 +34,7 @@ patch's value.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -250,6 +250,105 @@ def _pad_to_needed(x_sum: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
     return F.pad(x_sum, pads)  # (N, C_in, Hq, Wq)
 
 
+_SMALL_BYTES = 16 * 2**20  # below glibc's mmap threshold: reused heap memory, no fresh page faults
+
+
+def _fast_patch_sum(x: Tensor, r: int) -> Tensor:
+    """patch_sum for H and W divisible by r, as r + r strided adds (faster than avg_pool2d on CPU)."""
+    cols = x[..., 0::r] + x[..., 1::r] if r > 1 else x  # (N, C, H, W / r)
+    for i in range(2, r):
+        cols += x[..., i::r]
+    out = cols[:, :, 0::r] + cols[:, :, 1::r] if r > 1 else cols.clone()  # (N, C, H / r, W / r)
+    for i in range(2, r):
+        out += cols[:, :, i::r]
+    return out
+
+
+def _spread(grid: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
+    """(N, C, Hp, Wp) per-patch values -> (N, C, H_in, W_in), every pixel taking its patch's value (stride 1)."""
+    ax_h, ax_w = axes
+    n, c, hp, wp = grid.shape
+    r = ax_h.patch
+    if ax_h.offset == ax_w.offset == 0 and (ax_h.size_in, ax_w.size_in) == (hp * r, wp * r):
+        # pixel a belongs to patch a // r: widen each row once, then copy every row r times
+        rows = grid[:, :, :, :, None].expand(n, c, hp, wp, r).reshape(n, c, hp, 1, wp * r)  # (N, C, Hp, 1, W)
+        out = torch.empty(n, c, hp * r, wp * r, dtype=grid.dtype, device=grid.device)
+        out.view(n, c, hp, r, wp * r).copy_(rows.expand(n, c, hp, r, wp * r))  # (N, C, H, W), one full write
+        return out
+    if ax_h.offset == ax_w.offset == 0:  # partial last patches: repeat rows by index, then widen and crop
+        rows = grid.index_select(2, ax_h.gather_index(grid.device))  # (N, C, H, Wp)
+        wide = rows[:, :, :, :, None].expand(n, c, ax_h.size_in, wp, r).reshape(n, c, ax_h.size_in, wp * r)
+        return wide[:, :, :, : ax_w.size_in]  # (N, C, H, W) view, one full write
+    idx_h, idx_w = ax_h.gather_index(grid.device), ax_w.gather_index(grid.device)
+    return grid[:, :, idx_h[:, None], idx_w[None, :]]  # (N, C, H, W), one gather
+
+
+def _grid_matmuls(g: Tensor, x_sum: Optional[Tensor], theta: Optional[Tensor]) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """groups == 1: grad_w = sum_n g[n] x[n]^T and grad_x~[n] = theta^T g[n] without layout copies.
+
+    Args are g (N, C_out, P), x_sum (N, C_in, P) or None, theta (C_out, C_in) or None.
+    """
+    n, c_out, p = g.shape
+    grad_tap = grid = None
+    if x_sum is not None:
+        grad_tap = torch.zeros(c_out, x_sum.shape[1], dtype=g.dtype, device=g.device)  # (C_out, C_in)
+        for i in range(n):  # one GEMM per image reads g and x in place; einsum would permute copies of both
+            grad_tap.addmm_(g[i], x_sum[i].T)
+    if theta is not None:
+        grid = torch.empty(n, theta.shape[1], p, dtype=g.dtype, device=g.device)  # (N, C_in, P)
+        theta_t = theta.T
+        for i in range(n):
+            torch.mm(theta_t, g[i], out=grid[i])
+    return grad_tap, grid
+
+
+def _collapse_backward(grad_y: Tensor, x_sum: Tensor, weight: Tensor, axes: tuple[_Axis, _Axis], groups: int,
+                       x_shape: torch.Size, weight_shape: torch.Size, need_x: bool, need_w: bool, need_b: bool):
+    """Backward when both axes collapse at stride 1 (3x3 "same" convs, 1x1 convs, depthwise ...).
+
+    Every kernel collapses to one tap, so on the patch grid of P = Hp * Wp patches:
+    grad_w[co, ci, :, :] = sum_{n, P} g~y[n, co, P] x~[n, ci, P] and grad_x~[n, ci, P] =
+    sum_co theta~[co, ci] g~y[n, co, P], theta~ = the kernel's spatial sum; grad_x spreads
+    grad_x~ over each patch's pixels. g_y is read once (patch sums) and grad_x written once.
+    """
+    n, c_out, h_out, w_out = grad_y.shape
+    r = axes[0].patch
+    divisible = h_out % r == 0 and w_out % r == 0
+    # strided adds win while their (N, C, H, W / r) intermediate is small; avg_pool2d allocates none
+    small = grad_y.numel() * grad_y.element_size() // r <= _SMALL_BYTES
+    g_sum = _fast_patch_sum(grad_y, r) if divisible and small else patch_sum(grad_y, r)  # (N, C_out, Hp, Wp)
+    hp, wp = g_sum.shape[2:]
+    grad_b = g_sum.sum((0, 2, 3)) if need_b else None  # patch sums keep every total: exact
+    if divisible:
+        g_mean = g_sum.div_(r * r)
+    else:  # partial edge patches average the pixels they have
+        count_h = (h_out - torch.arange(hp, device=g_sum.device) * r).clamp(max=r)
+        count_w = (w_out - torch.arange(wp, device=g_sum.device) * r).clamp(max=r)
+        g_mean = g_sum.div_((count_h[:, None] * count_w[None, :]).to(g_sum.dtype))
+    c_out_g, c_in_g = weight_shape[:2]
+    c_out_g //= groups
+    grad_x = grad_w = None
+    if groups == 1 and hp * wp >= 64:  # large patch grids: per-image GEMMs beat einsum's layout copies
+        theta = weight.sum((2, 3)) if need_x else None  # (C_out, C_in) kernel sums
+        x_flat = x_sum.reshape(n, -1, hp * wp) if need_w else None  # (N, C_in, P)
+        grad_tap, grid = _grid_matmuls(g_mean.reshape(n, c_out, hp * wp), x_flat, theta)
+        if need_w:
+            grad_w = grad_tap.reshape(c_out, c_in_g, 1, 1).expand(weight_shape).contiguous()
+        if need_x:
+            grad_x = _spread(grid.reshape(n, x_shape[1], hp, wp), axes)
+        return grad_x, grad_w, grad_b
+    g = g_mean.reshape(n, groups, c_out_g, hp * wp)  # (N, G, C_out / G, P)
+    if need_w:
+        xs = x_sum.reshape(n, groups, c_in_g, hp * wp)  # (N, G, C_in / G, P)
+        grad_tap = torch.einsum("ngop,ngip->goi", g, xs)  # (G, C_out / G, C_in / G)
+        grad_w = grad_tap.reshape(weight_shape[0], c_in_g, 1, 1).expand(weight_shape).contiguous()
+    if need_x:
+        theta = weight.sum((2, 3)).reshape(groups, c_out_g, c_in_g)  # (G, C_out / G, C_in / G) kernel sums
+        grid = torch.einsum("goi,ngop->ngip", theta, g).reshape(n, x_shape[1], hp, wp)  # (N, C_in, Hp, Wp)
+        grad_x = _spread(grid, axes)
+    return grad_x, grad_w, grad_b
+
+
 class _FilteredConv2dFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups, patch_size, modes):
@@ -273,6 +372,10 @@ class _FilteredConv2dFn(torch.autograd.Function):
         x_sum, weight = ctx.saved_tensors
         ax_h, ax_w = ctx.axes
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if all(ax.mode == "collapse" and ax.stride == 1 for ax in ctx.axes):
+            grads = _collapse_backward(grad_y, x_sum, weight, ctx.axes, ctx.groups, ctx.x_shape, ctx.weight_shape,
+                                       need_x, need_w, need_b)
+            return (*grads, None, None, None, None, None, None)
         g_mean = patch_mean(grad_y, ax_h.patch)  # g~y's unique values, (N, C_out, Hp, Wp)
         grid_dilation = (ax_h.grid_dilation, ax_w.grid_dilation)
         grad_x = grad_w = grad_b = None

@@ -130,6 +130,12 @@ GENERAL = {
     "valid padding r1": (2, 3, 4, (8, 9), (3, 3), (1, 1), (0, 0), (1, 1), 1, True, 1),
     "mixed axes": (2, 3, 4, (9, 10), (1, 3), (1, 2), (0, 1), (1, 1), 1, False, 2),
     "patch larger than map": (2, 4, 4, (5, 5), (3, 3), (1, 1), (1, 1), (1, 1), 1, False, 8),
+    # patch grids of >= 64 patches take the per-image GEMM path (divisible: strided-add patch sums, tiled spread)
+    "3x3 r2 large grid": (2, 4, 6, (16, 18), (3, 3), (1, 1), (1, 1), (1, 1), 1, True, 2),
+    "3x3 r4 large grid": (2, 3, 5, (32, 36), (3, 3), (1, 1), (1, 1), (1, 1), 1, False, 4),
+    "3x3 r2 large grid odd": (2, 3, 4, (17, 19), (3, 3), (1, 1), (1, 1), (1, 1), 1, False, 2),
+    "valid r2 large grid": (2, 3, 4, (18, 20), (3, 3), (1, 1), (0, 0), (1, 1), 1, False, 2),
+    "1x1 r3 large grid": (2, 4, 6, (24, 27), (1, 1), (1, 1), (0, 0), (1, 1), 1, True, 3),
 }
 
 

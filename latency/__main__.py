@@ -1,0 +1,149 @@
+"""``python -m latency``: the filtered conv backward against torch's, and whole fine-tuning steps.
+
+    python -m latency [--device cpu|cuda] [--batch 32] [--cases table10|resnet18|mobilenet_v2|FILE ...]
+                      [--patch-sizes 2 4] [--repeats N] [--out DIR]
+    python -m latency --mode step [--archs mobilenet_v2 resnet18] [--layers 2 4] [--patch-sizes 2 4]
+
+A FILE case list is a CSV with columns name,c_in,c_out,h,w[,kernel,stride,padding,dilation,groups].
+Writes ``conv.csv`` / ``step.csv`` and ``conv.png`` (speedup and normalized memory per case and
+patch size, like the paper's Figure 6) to ``--out`` and prints a Markdown summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from tqdm import tqdm
+
+from .bench import ConvCase, bench_case, bench_step, model_cases, table10_cases, write_csv
+
+CASE_SETS = {"table10": table10_cases, "resnet18": lambda: model_cases("resnet18"),
+             "mobilenet_v2": lambda: model_cases("mobilenet_v2")}
+
+
+def _load_cases(spec: str) -> list[ConvCase]:
+    if spec in CASE_SETS:
+        return CASE_SETS[spec]()
+    path = Path(spec)
+    if not path.is_file():
+        raise ValueError(f"unknown case set {spec!r}: valid sets are {sorted(CASE_SETS)} or a CSV file")
+    with open(path, newline="") as f:
+        return [ConvCase(row.pop("name"), **{k: int(v) for k, v in row.items() if v != ""}) for row in csv.DictReader(f)]
+
+
+def _kb(nbytes: float) -> str:
+    return f"{nbytes / 1024:,.0f}"
+
+
+def conv_markdown(rows: list[dict]) -> str:
+    """Markdown table of conv rows plus per-patch-size medians."""
+    lines = ["| case | r | torch ms | filtered ms | speedup | copy bound | of bound | saved KB torch | saved KB filt | "
+             "mem ratio | FLOPs ratio |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['case']} | {r['patch_size']} | {r['torch_ms']:.1f} | {r['filtered_ms']:.2f} | "
+                     f"{r['speedup']:.1f}x | {r['copy_bound_speedup']:.0f}x | "
+                     f"{100 * r['speedup'] / r['copy_bound_speedup']:.0f}% | {_kb(r['torch_saved_bytes'])} | "
+                     f"{_kb(r['filtered_saved_bytes'])} | {r['memory_ratio']:.4f} | {r['flops_ratio']:.0f}x |")
+    lines.append("")
+    for size in sorted({r["patch_size"] for r in rows}):
+        sub = [r for r in rows if r["patch_size"] == size]
+        lines.append(f"R{size}: median speedup {statistics.median(r['speedup'] for r in sub):.1f}x "
+                     f"(min {min(r['speedup'] for r in sub):.1f}x, max {max(r['speedup'] for r in sub):.1f}x), "
+                     f"median copy bound {statistics.median(r['copy_bound_speedup'] for r in sub):.0f}x, "
+                     f"median memory ratio {statistics.median(r['memory_ratio'] for r in sub):.4f}")
+    return "\n".join(lines)
+
+
+def step_markdown(rows: list[dict]) -> str:
+    """Markdown table of step rows, speedups against the vanilla row of the same arch/layers."""
+    lines = ["| arch | layers | r | forward ms | backward ms | SGD ms | step ms | step speedup | backward speedup |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        base = next(b for b in rows if b["arch"] == r["arch"] and b["layers"] == r["layers"] and b["patch_size"] == "-")
+        lines.append(f"| {r['arch']} | {r['layers']} | {r['patch_size']} | {r['forward_ms']:.0f} | "
+                     f"{r['backward_ms']:.1f} | {r['sgd_ms']:.1f} | {r['step_ms']:.0f} | "
+                     f"{base['step_ms'] / r['step_ms']:.2f}x | {base['backward_ms'] / r['backward_ms']:.1f}x |")
+    return "\n".join(lines)
+
+
+def plot_conv(rows: list[dict], path: Path) -> None:
+    """Speedup (log) and normalized memory per case and patch size, like the paper's Figure 6."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    sizes = sorted({r["patch_size"] for r in rows})
+    fig, (ax_s, ax_m) = plt.subplots(2, 1, figsize=(max(6, 0.9 * len(cases)), 7), sharex=True)
+    width = 0.8 / len(sizes)
+    for i, size in enumerate(sizes):
+        by_case = {r["case"]: r for r in rows if r["patch_size"] == size}
+        xs = [j + (i - (len(sizes) - 1) / 2) * width for j in range(len(cases))]
+        ax_s.bar(xs, [by_case[c]["speedup"] for c in cases], width, label=f"R{size}")
+        ax_m.bar(xs, [by_case[c]["memory_ratio"] for c in cases], width, label=f"R{size}")
+    ax_s.set_yscale("log")
+    ax_s.set_ylabel("backward speedup over torch")
+    ax_m.set_yscale("log")
+    ax_m.set_ylabel("saved memory / torch's")
+    ax_m.set_xticks(range(len(cases)), cases, rotation=45, ha="right", fontsize=7)
+    for ax in (ax_s, ax_m):
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(prog="python -m latency", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=["conv", "step"], default="conv")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--cases", nargs="+", default=["table10", "resnet18", "mobilenet_v2"],
+                        help=f"case sets ({', '.join(CASE_SETS)}) or CSV files")
+    parser.add_argument("--patch-sizes", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--archs", nargs="+", default=["mobilenet_v2", "resnet18"], help="--mode step networks")
+    parser.add_argument("--layers", type=int, nargs="+", default=[2, 4], help="--mode step trainable layers")
+    parser.add_argument("--image-size", type=int, default=224, help="--mode step input size")
+    parser.add_argument("--out", type=Path, default=Path("runs/latency"))
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is visible to torch on this machine")
+    if min(args.patch_sizes) < 1 or args.batch < 1 or args.repeats < 1:
+        parser.error("--patch-sizes, --batch and --repeats must be >= 1")
+    device = torch.device(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}", file=sys.stderr)
+    if args.mode == "step":
+        jobs = [(a, n, r) for a in args.archs for n in args.layers for r in [None, *args.patch_sizes]]
+        rows = [bench_step(a, n, r, args.batch, args.image_size, device, args.repeats)
+                for a, n, r in tqdm(jobs, desc="steps")]
+        write_csv(rows, args.out / "step.csv")
+        print(step_markdown(rows))
+        print(f"\nwrote {args.out / 'step.csv'}")
+        return 0
+    try:
+        cases = [c for spec in args.cases for c in _load_cases(spec)]
+    except (ValueError, TypeError) as err:
+        parser.error(str(err))
+    rows = []
+    for case in tqdm(cases, desc="cases"):
+        rows += bench_case(case, args.batch, args.patch_sizes, device, args.repeats)
+    write_csv(rows, args.out / "conv.csv")
+    plot_conv(rows, args.out / "conv.png")
+    print(conv_markdown(rows))
+    print(f"\nwrote {args.out / 'conv.csv'} and {args.out / 'conv.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,229 @@
+"""Conv-backward benchmark: ``gradfilt.FilteredConv2d`` against torch's own Conv2d backward.
+
+For every case (a conv geometry at a batch size) and patch size r, on the same tensors in
+the same process, after warm-up: the median and spread of
+
+* torch: ``aten.convolution_backward`` for grad_x and grad_w (oneDNN on CPU, cuDNN on CUDA);
+* filtered: the autograd backward of ``filtered_conv2d`` for grad_x and grad_w;
+* the copy bound: reading g_y once plus writing one g_x-sized map, the memory traffic no
+  filtered backward can avoid.
+
+It also reports the bytes each keeps for backward (saved tensors other than the weight) and
+the analytical FLOPs ratio from :mod:`gradfilt.cost`. ``--mode step`` times whole fine-tuning
+steps (forward, backward, SGD) of MobileNetV2 / ResNet-18 with the last N layers trainable.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.graph import saved_tensors_hooks
+
+from gradfilt import filtered_conv2d, freeze, install_filters, last_convs
+from gradfilt.cost import conv_cost
+from gradfilt.models import build_model
+from gradfilt.trace import LayerCall, trace_layers
+
+__all__ = ["ConvCase", "table10_cases", "model_cases", "time_fn", "bench_case", "bench_step", "write_csv"]
+
+# Table 10 of the paper: (C_in, C_out, H, W), 3x3, stride 1, padding 1, batch 32
+TABLE10 = [(128, 128, 120, 160), (256, 256, 60, 80), (512, 512, 30, 40), (512, 512, 14, 14),
+           (256, 256, 14, 14), (128, 128, 28, 28), (64, 64, 56, 56)]
+
+
+@dataclass(frozen=True)
+class ConvCase:
+    """One conv geometry (input H x W) to benchmark."""
+
+    name: str
+    c_in: int
+    c_out: int
+    h: int
+    w: int
+    kernel: int = 3
+    stride: int = 1
+    padding: int = 1
+    dilation: int = 1
+    groups: int = 1
+
+    def conv(self) -> nn.Conv2d:
+        return nn.Conv2d(self.c_in, self.c_out, self.kernel, self.stride, self.padding, self.dilation, self.groups,
+                         bias=False)
+
+
+def table10_cases() -> list[ConvCase]:
+    """The paper's Table 10 cases."""
+    return [ConvCase(f"{ci}/{co}/{w}x{h}", ci, co, h, w) for ci, co, h, w in TABLE10]
+
+
+def model_cases(arch: str, image_size: int = 224) -> list[ConvCase]:
+    """The distinct conv geometries of a network at ``image_size`` (traced), named by their first layer."""
+    seen: dict[tuple, ConvCase] = {}
+    for call in trace_layers(build_model(arch, 1000), input_size=(1, 3, image_size, image_size)):
+        conv = call.module
+        if not isinstance(conv, nn.Conv2d) or conv.kernel_size[0] != conv.kernel_size[1]:
+            continue
+        c_in, h, w = call.in_shape
+        case = ConvCase(f"{arch}.{call.name}", c_in, conv.out_channels, h, w, conv.kernel_size[0], conv.stride[0],
+                        conv.padding[0], conv.dilation[0], conv.groups)
+        key = asdict(case) | {"name": None}
+        seen.setdefault(tuple(sorted(key.items())), case)
+    return list(seen.values())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 2) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` calls (synchronized on CUDA)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _saved_bytes(run: Callable[[], Tensor], exclude: Sequence[Tensor]) -> int:
+    """Bytes of the tensors autograd saves during ``run()``, those sharing storage with ``exclude`` left out."""
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    seen: set[int] = set()
+    total = 0
+
+    def pack(t: Tensor) -> Tensor:
+        nonlocal total
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in skip and ptr not in seen:
+            seen.add(ptr)
+            total += t.untyped_storage().nbytes()
+        return t
+
+    with saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return total
+
+
+def _spread(times: list[float]) -> tuple[float, float, float]:
+    return statistics.median(times), min(times), max(times)
+
+
+def bench_case(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: torch.device,
+               repeats: int) -> list[dict]:
+    """Rows (one per patch size) comparing torch's and the filtered conv backward on ``case``.
+
+    Args:
+        case: the geometry.
+        batch: images per step.
+        patch_sizes: r values for the filtered side.
+        device: where to run.
+        repeats: timed calls per measurement (after 2 warm-up calls).
+    """
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    conv = case.conv()
+    x = torch.randn(batch, case.c_in, case.h, case.w, generator=gen).to(device).requires_grad_()
+    weight = (torch.randn(conv.weight.shape, generator=gen) * 0.05).to(device).requires_grad_()
+    args = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups)
+    y = F.conv2d(x, weight, **args)
+    grad_y = torch.randn(y.shape, generator=gen).to(device)
+
+    def torch_backward() -> None:
+        torch.ops.aten.convolution_backward(grad_y, x, weight, None, list(conv.stride), list(conv.padding),
+                                            list(conv.dilation), False, [0, 0], conv.groups, [True, True, False])
+
+    t_torch = _spread(time_fn(torch_backward, device, repeats))
+    mem_torch = _saved_bytes(lambda: F.conv2d(x, weight, **args), [weight])
+    # the copy bound: read g_y once, write one g_x-sized map
+    t_read = time_fn(lambda: grad_y.sum(), device, repeats)
+    t_write = time_fn(lambda: torch.empty_like(x).fill_(0.0), device, repeats)
+    t_copy = statistics.median(t_read) + statistics.median(t_write)
+    call = LayerCall(case.name, conv, (case.c_in, case.h, case.w), tuple(y.shape[1:]), False)
+    flops_torch = conv_cost(call, None, True, batch)[0]
+
+    rows = []
+    for r in patch_sizes:
+        y_f = filtered_conv2d(x, weight, patch_size=r, **args)
+        t_filt = _spread(time_fn(lambda: torch.autograd.grad(y_f, (x, weight), grad_y, retain_graph=True),
+                                 device, repeats))
+        mem_filt = _saved_bytes(lambda: filtered_conv2d(x, weight, patch_size=r, **args), [weight])
+        rows.append({
+            "case": case.name, "batch": batch, "patch_size": r, "device": device.type,
+            "torch_ms": 1e3 * t_torch[0], "torch_min_ms": 1e3 * t_torch[1], "torch_max_ms": 1e3 * t_torch[2],
+            "filtered_ms": 1e3 * t_filt[0], "filtered_min_ms": 1e3 * t_filt[1], "filtered_max_ms": 1e3 * t_filt[2],
+            "copy_ms": 1e3 * t_copy,
+            "speedup": t_torch[0] / t_filt[0],
+            "copy_bound_speedup": t_torch[0] / t_copy,
+            "torch_saved_bytes": mem_torch, "filtered_saved_bytes": mem_filt,
+            "memory_ratio": mem_filt / mem_torch,
+            "flops_ratio": flops_torch / conv_cost(call, r, True, batch)[0],
+        })
+    return rows
+
+
+def bench_step(arch: str, layers: int, patch_size: Optional[int], batch: int, image_size: int,
+               device: torch.device, repeats: int) -> dict:
+    """Median seconds of one fine-tuning step, split into forward / backward / SGD step.
+
+    Args:
+        arch: mobilenet_v2 or resnet18 (any gradfilt.models arch).
+        layers: the last N main-path convs (+ classifier) train, the rest is frozen (BN in eval).
+        patch_size: r on those convs; None: vanilla BP.
+        batch, image_size: the input batch.
+        device: where to run.
+        repeats: timed steps (after 2 warm-up steps).
+    """
+    torch.manual_seed(0)
+    model = build_model(arch, 1000)
+    convs = last_convs(model, layers, input_size=(1, 3, image_size, image_size), main_path=True)
+    head = [c.name for c in trace_layers(model, input_size=(1, 3, image_size, image_size))
+            if isinstance(c.module, nn.Linear)][-1]
+    if patch_size is not None:
+        install_filters(model, [{"path": n, "patch_size": patch_size, "type": "conv"} for n in convs])
+    freeze(model, ["", *(f"~{n}" for n in convs), f"~{head}"])
+    model.to(device).train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    images = torch.randn(batch, 3, image_size, image_size, device=device)
+    labels = torch.randint(0, 1000, (batch,), device=device)
+    parts: dict[str, list[float]] = {"forward": [], "backward": [], "sgd": []}
+    for i in range(repeats + 2):
+        marks = []
+        for stage in range(3):
+            _sync(device)
+            marks.append(time.perf_counter())
+            if stage == 0:
+                loss = F.cross_entropy(model(images), labels)
+            elif stage == 1:
+                loss.backward()
+            else:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        _sync(device)
+        marks.append(time.perf_counter())
+        if i >= 2:
+            for name, a, b in zip(parts, marks, marks[1:]):
+                parts[name].append(b - a)
+    med = {k: statistics.median(v) for k, v in parts.items()}
+    return {"arch": arch, "layers": layers, "patch_size": patch_size or "-", "batch": batch,
+            "image_size": image_size, "device": device.type,
+            **{f"{k}_ms": 1e3 * v for k, v in med.items()}, "step_ms": 1e3 * sum(med.values())}
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    """Rows to CSV (columns of the first row)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)

@@ -1,0 +1,70 @@
+"""The benchmark's bookkeeping (memory, FLOPs ratio, cases, CLI); no timing is asserted."""
+
+import csv
+
+import pytest
+import torch
+
+from latency.__main__ import main
+from latency.bench import ConvCase, bench_case, bench_step, model_cases, table10_cases
+
+
+def test_table10_cases_are_the_papers():
+    cases = table10_cases()
+    assert [(c.c_in, c.c_out, c.w, c.h) for c in cases][:2] == [(128, 128, 160, 120), (256, 256, 80, 60)]
+    assert all((c.kernel, c.stride, c.padding) == (3, 1, 1) for c in cases) and len(cases) == 7
+
+
+def test_model_cases_are_distinct_traced_geometries():
+    cases = model_cases("resnet18")
+    assert cases[0].name == "resnet18.conv1" and (cases[0].kernel, cases[0].stride, cases[0].h) == (7, 2, 224)
+    keys = {(c.c_in, c.c_out, c.h, c.kernel, c.stride) for c in cases}
+    assert len(keys) == len(cases) and (512, 512, 7, 3, 1) in keys
+    assert any(c.groups == c.c_in > 1 for c in model_cases("mobilenet_v2"))  # depthwise layers kept
+
+
+def test_bench_case_memory_and_flops_ratio():
+    rows = bench_case(ConvCase("t", 8, 16, 12, 10), batch=2, patch_sizes=[2, 4], device=torch.device("cpu"),
+                      repeats=1)
+    assert [r["patch_size"] for r in rows] == [2, 4]
+    for row, (hp, wp) in zip(rows, [(6, 5), (3, 3)]):
+        assert row["torch_saved_bytes"] == 2 * 8 * 12 * 10 * 4  # torch keeps the input
+        assert row["filtered_saved_bytes"] == 2 * 8 * hp * wp * 4  # the patch sums only
+        assert row["flops_ratio"] > 1 and row["speedup"] > 0 and row["copy_ms"] > 0
+    assert rows[1]["flops_ratio"] > rows[0]["flops_ratio"]
+
+
+def test_cli_with_a_case_file(tmp_path, capsys):
+    spec = tmp_path / "cases.csv"
+    spec.write_text("name,c_in,c_out,h,w,kernel,stride,padding\ndw,8,8,9,9,3,2,1\n")
+    assert main(["--cases", str(spec), "--batch", "2", "--patch-sizes", "2", "--repeats", "1",
+                 "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "| dw | 2 |" in out and "R2: median speedup" in out
+    rows = list(csv.DictReader(open(tmp_path / "out" / "conv.csv")))
+    assert rows[0]["case"] == "dw" and (tmp_path / "out" / "conv.png").stat().st_size > 0
+
+
+def test_step_mode_splits_the_step(tmp_path, capsys):
+    row = bench_step("resnet18", 2, 2, batch=2, image_size=64, device=torch.device("cpu"), repeats=1)
+    assert row["step_ms"] == pytest.approx(row["forward_ms"] + row["backward_ms"] + row["sgd_ms"])
+    assert main(["--mode", "step", "--archs", "mobilenet_v2", "--layers", "2", "--patch-sizes", "4", "--batch", "2",
+                 "--image-size", "64", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    assert "| mobilenet_v2 | 2 | 4 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--cases", "vgg"], "unknown case set 'vgg': valid sets are"),
+    (["--patch-sizes", "0"], "must be >= 1"),
+])
+def test_cli_errors(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        main([*argv, "--out", str(tmp_path)])
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_cuda_without_gpu(capsys):
+    with pytest.raises(SystemExit):
+        main(["--device", "cuda"])
+    assert "no CUDA GPU is visible" in capsys.readouterr().err
