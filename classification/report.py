@@ -85,7 +85,8 @@ def collect(roots: Sequence[Path], all_versions: bool = False) -> list[dict]:
 def _order(row: dict) -> tuple:
     """Group by table/model/dataset; stages first, then by #layers and patch size (vanilla first)."""
     layers, patch = row["layers"], row["patch_size"]
-    return (str(row["table"]), row["model"], row["dataset"], row["strategy"] not in ("pretrain", "no-finetune"),
+    stage = {"pretrain": 0, "no-finetune": 1}.get(row["strategy"], 2)
+    return (str(row["table"]), row["model"], row["dataset"], stage,
             str(layers) if not isinstance(layers, int) else f"{layers:04d}", patch if isinstance(patch, int) else 0)
 
 

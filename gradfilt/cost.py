@@ -214,6 +214,7 @@ def estimate_configured(
 ) -> CostReport:
     """:func:`estimate` for a model already set up for training: the trainable layers are the
     Conv2d/Linear layers whose weight requires grad, the patch sizes those of its FilteredConv2d.
+    Layers the forward pass does not run (e.g. an auxiliary head used only by a loss) are not counted.
 
     Args:
         model: a model after ``freeze`` / ``install_filters`` (or any equivalent set-up).
@@ -221,8 +222,10 @@ def estimate_configured(
         batch_size: images per step.
         in_channels: channels of the input image.
     """
+    h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    ran = {c.name for c in trace_layers(model, input_size=(1, in_channels, h, w))}
     trainable = [n for n, m in model.named_modules()
-                 if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.requires_grad]
+                 if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.requires_grad and n in ran]
     patches = {n: m.patch_size for n, m in model.named_modules() if isinstance(m, FilteredConv2d) and n in trainable}
     return estimate(model, image_size, trainable, patches, batch_size, in_channels)
 

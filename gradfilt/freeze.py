@@ -36,16 +36,19 @@ def _set_bn_frozen(bn: nn.Module, frozen: bool) -> None:
         delattr(bn, _EVAL_HOOK)
 
 
-def freeze(model: nn.Module, paths: Iterable[str]) -> None:
+def freeze(model: nn.Module, paths: Iterable[str], update_frozen_bn_stats: bool = False) -> None:
     """Set ``requires_grad`` by dotted path, in order; ``~path`` un-freezes.
 
     Args:
         model: the model to modify in place.
         paths: dotted module or parameter paths ("" is the whole model), applied in order.
+        update_frozen_bn_stats: let frozen BatchNorm layers keep updating their running
+            statistics in train mode (the paper's segmentation "calibration" stage).
 
     BatchNorm modules whose final state is frozen are put in eval mode and kept there by a
-    forward pre-hook (so ``model.train()`` cannot re-enable their statistics); un-freezing
-    removes the hook. Unknown paths raise KeyError before anything changes.
+    forward pre-hook (so ``model.train()`` cannot re-enable their statistics), unless
+    ``update_frozen_bn_stats``; un-freezing removes the hook. Unknown paths raise KeyError
+    before anything changes.
     """
     ops = []
     for raw in paths:
@@ -69,7 +72,7 @@ def freeze(model: nn.Module, paths: Iterable[str]) -> None:
             if isinstance(module, _BatchNorm):
                 bn_state[module] = not unfreeze
     for bn, frozen in bn_state.items():
-        _set_bn_frozen(bn, frozen)
+        _set_bn_frozen(bn, frozen and not update_frozen_bn_stats)
 
 
 def _parameter(model: nn.Module, path: str) -> nn.Parameter:

@@ -5,20 +5,31 @@ them) does not compile against torch >= 2.10. :func:`install` registers a module
 ``mmcv.ops`` when the real one cannot be imported: ``point_sample`` is real (pure PyTorch,
 ``grid_sample``), every other name is a placeholder that raises :class:`MissingOpError`
 naming the op when it is called or instantiated, never at import. With full mmcv installed
-:func:`install` does nothing.
+it leaves ``mmcv.ops`` alone.
+
+torch >= 2.6 loads checkpoints with ``weights_only=True`` by default, and mmengine's own
+checkpoints hold its ``HistoryBuffer`` (with bound statistics methods, pickled through
+``getattr``) and numpy arrays and scalars, so ``load_from`` / ``resume`` / testing fail on
+them. :func:`install` also replaces mmengine's local-file checkpoint loader by one that keeps
+``weights_only=True`` and allows exactly those types (``MMENGINE_CHECKPOINT_GLOBALS``).
 """
 
 from __future__ import annotations
 
+import builtins
 import importlib
+import os.path as osp
 import sys
 import types
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["MissingOpError", "install", "point_sample", "STAND_IN_OPS"]
+__all__ = ["MissingOpError", "install", "point_sample", "STAND_IN_OPS", "MMENGINE_CHECKPOINT_GLOBALS",
+           "load_local_checkpoint"]
 
 
 class MissingOpError(RuntimeError):
@@ -73,12 +84,40 @@ def _module_getattr(name: str):
     return _Missing(name)
 
 
+def _checkpoint_globals() -> list:
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    core = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
+    return [HistoryBuffer, builtins.getattr, np.ndarray, np.dtype, core.multiarray._reconstruct,
+            core.multiarray.scalar, *{type(np.dtype(t)) for t in (np.float32, np.float64, np.int64, np.int32)}]
+
+
+MMENGINE_CHECKPOINT_GLOBALS = _checkpoint_globals()
+
+
+def load_local_checkpoint(filename: str, map_location=None):
+    """mmengine's local checkpoint loader, with ``weights_only=True`` and mmengine's own types allowed.
+
+    Args:
+        filename: checkpoint path.
+        map_location: as in ``torch.load``.
+    """
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f"{filename} can not be found.")
+    with torch.serialization.safe_globals(MMENGINE_CHECKPOINT_GLOBALS):
+        return torch.load(filename, map_location=map_location, weights_only=True)
+
+
 def install() -> bool:
-    """Register the stand-in ``mmcv.ops`` if the compiled one is missing.
+    """Make mmseg 1.x usable here: the ``mmcv.ops`` stand-in if needed, and torch 2.x checkpoint loading.
 
     Returns:
-        True if the stand-in was installed (now or earlier), False if the real ``mmcv.ops`` is used.
+        True if the ``mmcv.ops`` stand-in is in use (installed now or earlier), False if the real one is.
     """
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    CheckpointLoader.register_scheme(prefixes="", loader=load_local_checkpoint, force=True)
     current = sys.modules.get("mmcv.ops")
     if current is not None:
         return getattr(current, "_gradfilt_stand_in", False)

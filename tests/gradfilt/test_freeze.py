@@ -88,3 +88,13 @@ def test_last_convs_main_path_skips_shortcut_convs():
     ]
     with pytest.raises(ValueError, match="last 18 main-path conv layers but the forward pass runs only 17"):
         last_convs(model, 18, input_size=(1, 3, 64, 64), main_path=True)
+
+
+def test_frozen_bn_can_keep_updating_statistics():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    freeze(model, [""], update_frozen_bn_stats=True)
+    assert not any(p.requires_grad for p in model.parameters())
+    model.train()
+    before = model[1].running_mean.clone()
+    model(torch.randn(2, 3, 6, 6))
+    assert not torch.equal(model[1].running_mean, before) and model[1].training

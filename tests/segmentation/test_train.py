@@ -1,0 +1,138 @@
+"""A few real training iterations of mmseg models with gradfilt's hooks, on the Fashion-MNIST set."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gradfilt import FilteredConv2d
+from segmentation import compat
+from segmentation.datasets import build_fmnist_seg
+from segmentation import test as seg_test
+from segmentation.train import main as train_main
+
+CFG = Path(__file__).resolve().parents[2] / "configs" / "segmentation" / "fmnist_seg"
+DEEPLAB = "deeplabv3_r18-d8_1xb8-300_fmnistseg-64x64"
+UPERNET = "upernet_r18_1xb8-300_fmnistseg-64x64"
+
+
+def _options(fmnist_root, data_root, iters=3, **extra):
+    opts = {"train_cfg.max_iters": iters, "train_cfg.val_interval": iters, "default_hooks.checkpoint.interval": iters,
+            "param_scheduler.0.end": iters, "train_dataloader.batch_size": 4, "val_dataloader.batch_size": 4,
+            "test_dataloader.batch_size": 4, **extra}
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        opts.update({f"{loader}.dataset.data_root": str(data_root), f"{loader}.dataset.fmnist_root": str(fmnist_root),
+                     f"{loader}.dataset.n_train": 16, f"{loader}.dataset.n_val": 8})
+    return [f"{k}={v}" for k, v in opts.items()]
+
+
+def _train(name, fmnist_root, tmp, work, **extra):
+    return train_main([str(CFG / f"{name}.py"), "--work-dir", str(tmp / work),
+                       "--cfg-options", *_options(fmnist_root, tmp / "data", **extra)])
+
+
+def _trainable(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.fixture(scope="module")
+def deeplab(fmnist_root, tmp_path_factory):
+    """Vanilla (all layers) for 3 iterations, then filter-5L for 3 iterations from its checkpoint."""
+    tmp = tmp_path_factory.mktemp("seg")
+    base = _train(DEEPLAB, fmnist_root, tmp, "vanilla")
+    filtered = _train(f"{DEEPLAB}_filter5l", fmnist_root, tmp, "filter5l", load_from=tmp / "vanilla" / "iter_3.pth")
+    return tmp, base, filtered
+
+
+def test_filter_hook_installs_the_configured_patch_sizes(deeplab):
+    _, _, runner = deeplab
+    filtered = {n: m.patch_size for n, m in runner.model.named_modules() if isinstance(m, FilteredConv2d)}
+    assert filtered == {"decode_head.bottleneck.conv": 3, "decode_head.aspp_modules.0.conv": 3,
+                        "decode_head.aspp_modules.1.conv": 3, "decode_head.aspp_modules.2.conv": 6,
+                        "decode_head.aspp_modules.3.conv": 9}
+    assert all(n.startswith(("decode_head.conv_seg", "decode_head.bottleneck", "decode_head.aspp_modules"))
+               for n in _trainable(runner.model))
+
+
+def test_frozen_weights_are_bit_identical_and_filtered_ones_trained(deeplab):
+    tmp, _, runner = deeplab
+    start = compat.load_local_checkpoint(str(tmp / "vanilla" / "iter_3.pth"))["state_dict"]
+    trainable = _trainable(runner.model)
+    training_modules = {n.rsplit(".", 1)[0] for n in trainable}
+    for name, value in runner.model.state_dict().items():
+        if name in trainable:
+            if name.endswith("conv.weight"):
+                assert not torch.equal(value, start[name]), name
+        elif name.rsplit(".", 1)[0] not in training_modules and name in start:
+            assert torch.equal(value, start[name]), name  # frozen params and frozen BN statistics
+    loss = runner.message_hub.get_scalar("train/loss").current()
+    assert np.isfinite(loss)
+
+
+def test_checkpoint_reloads_on_torch2_and_evaluates(deeplab, fmnist_root):
+    tmp, _, _ = deeplab
+    checkpoint = tmp / "filter5l" / "iter_3.pth"
+    assert checkpoint.is_file()
+    metrics = seg_test.main([str(CFG / f"{DEEPLAB}_filter5l.py"), str(checkpoint), "--work-dir", str(tmp / "test"),
+                         "--cfg-options", *_options(fmnist_root, tmp / "data")])
+    assert set(metrics) >= {"mIoU", "mAcc", "aAcc"} and 0.0 <= metrics["mIoU"] <= 100.0
+    assert list((tmp / "filter5l").rglob("events.out.tfevents.*"))  # TensorBoard next to the text log
+
+
+def test_calibration_trains_classifiers_and_bn_statistics(deeplab, fmnist_root):
+    tmp, _, _ = deeplab
+    runner = _train(f"{DEEPLAB}_calibration", fmnist_root, tmp, "calib", iters=2,
+                    load_from=tmp / "vanilla" / "iter_3.pth")
+    assert _trainable(runner.model) == {"decode_head.conv_seg.weight", "decode_head.conv_seg.bias",
+                                        "auxiliary_head.conv_seg.weight", "auxiliary_head.conv_seg.bias"}
+    start = compat.load_local_checkpoint(str(tmp / "vanilla" / "iter_3.pth"))["state_dict"]
+    bn = "backbone.layer1.0.bn1"
+    assert torch.equal(runner.model.state_dict()[f"{bn}.weight"], start[f"{bn}.weight"])
+    assert not torch.equal(runner.model.state_dict()[f"{bn}.running_mean"], start[f"{bn}.running_mean"])
+
+
+def test_upernet_filter5l_trains(fmnist_root, tmp_path):
+    runner = _train(f"{UPERNET}_filter5l", fmnist_root, tmp_path, "upernet", iters=2)
+    filtered = {n: m.patch_size for n, m in runner.model.named_modules() if isinstance(m, FilteredConv2d)}
+    assert filtered == {"decode_head.fpn_bottleneck.conv": 8, "decode_head.fpn_convs.0.conv": 8,
+                        "decode_head.fpn_convs.1.conv": 4, "decode_head.fpn_convs.2.conv": 2,
+                        "decode_head.bottleneck.conv": 2}
+    assert np.isfinite(runner.message_hub.get_scalar("train/loss").current())
+
+
+@pytest.mark.parametrize("option, error, message", [
+    ("custom_hooks.0.filter_install.0.type=block", ValueError, "unknown filter type 'block'; valid types"),
+    ("custom_hooks.0.filter_install.0.path=decode_head.nope", KeyError, "decode_head.nope"),
+    ("custom_hooks.1.freeze=[~decode_head.missing]", KeyError, "decode_head.missing"),
+])
+def test_config_errors_stop_before_training(fmnist_root, tmp_path, option, error, message):
+    with pytest.raises(error, match=message):
+        train_main([str(CFG / f"{DEEPLAB}_filter5l.py"), "--work-dir", str(tmp_path / "w"),
+                    "--cfg-options", *_options(fmnist_root, tmp_path / "data"), option])
+    assert not list((tmp_path / "w").glob("iter_*.pth"))
+
+
+def test_dataset_is_deterministic_and_labels_follow_the_garments(fmnist_root, tmp_path):
+    a = build_fmnist_seg(str(tmp_path / "a"), str(fmnist_root), n_train=6, n_val=2, size=48, seed=3)
+    b = build_fmnist_seg(str(tmp_path / "b"), str(fmnist_root), n_train=6, n_val=2, size=48, seed=3)
+    for rel in ("img_dir/train/00005.png", "ann_dir/train/00005.png", "ann_dir/val/00001.png"):
+        assert np.array_equal(np.array(Image.open(a / rel)), np.array(Image.open(b / rel)))
+    image = np.array(Image.open(a / "img_dir/train/00000.png"))
+    label = np.array(Image.open(a / "ann_dir/train/00000.png"))
+    assert image.shape == (48, 48, 3) and label.shape == (48, 48) and label.max() <= 10
+    assert (image[label == 0] == 0).all() and (image[label > 0, 0] >= round(0.2 * 255)).all()
+    assert not list(tmp_path.glob(".a.*"))  # no temporary folder left behind
+
+
+def test_report_reads_work_dirs(deeplab, capsys):
+    from segmentation.report import main as report_main, summarize
+
+    tmp, _, _ = deeplab
+    rows = {r["run"]: r for r in summarize([tmp / "vanilla", tmp / "filter5l"])}
+    assert rows["filter5l"]["trainable_convs"] == 6  # conv_seg + bottleneck + 4 ASPP convs
+    assert rows["filter5l"]["backward_gflops"] < rows["vanilla"]["backward_gflops"] / 10
+    assert 0.0 <= rows["filter5l"]["mIoU"] <= 100.0
+    assert report_main([str(tmp / "filter5l")]) == 0
+    assert "| filter5l | 6 |" in capsys.readouterr().out
