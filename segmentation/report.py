@@ -16,6 +16,8 @@ from typing import Optional, Sequence
 
 from torch import Tensor, nn
 
+from gradfilt.cost import format_flops
+
 from . import compat
 
 __all__ = ["summarize", "main"]
@@ -75,7 +77,7 @@ def summarize(work_dirs: Sequence[Path]) -> list[dict]:
         cfg = Config.fromfile(str(configs[0]))
         layers, flops = _cost(cfg)
         rows.append({"run": Path(work_dir).name, "config": configs[0].stem, "trainable_convs": layers,
-                     "backward_gflops": flops / 1e9, **_last_metrics(Path(work_dir))})
+                     "backward_flops": flops, **_last_metrics(Path(work_dir))})
     return rows
 
 
@@ -88,10 +90,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = summarize(args.work_dirs)
     if not rows:
         parser.error(f"no work dirs with a dumped config among {[str(w) for w in args.work_dirs]}")
-    print("| run | trainable convs | backward GFLOPs | mIoU | mAcc | aAcc |\n|---|---|---|---|---|---|")
+    print("| run | trainable convs | backward FLOPs | mIoU | mAcc | aAcc |\n|---|---|---|---|---|---|")
     for r in rows:
         metrics = " | ".join(f"{r[k]:.2f}" if k in r else "-" for k in ("mIoU", "mAcc", "aAcc"))
-        print(f"| {r['run']} | {r['trainable_convs']} | {r['backward_gflops']:.3f} | {metrics} |")
+        print(f"| {r['run']} | {r['trainable_convs']} | {format_flops(r['backward_flops'])} | {metrics} |")
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -132,7 +132,7 @@ def test_report_reads_work_dirs(deeplab, capsys):
     tmp, _, _ = deeplab
     rows = {r["run"]: r for r in summarize([tmp / "vanilla", tmp / "filter5l"])}
     assert rows["filter5l"]["trainable_convs"] == 6  # conv_seg + bottleneck + 4 ASPP convs
-    assert rows["filter5l"]["backward_gflops"] < rows["vanilla"]["backward_gflops"] / 10
+    assert rows["filter5l"]["backward_flops"] < rows["vanilla"]["backward_flops"] / 10
     assert 0.0 <= rows["filter5l"]["mIoU"] <= 100.0
     assert report_main([str(tmp / "filter5l")]) == 0
     assert "| filter5l | 6 |" in capsys.readouterr().out

@@ -1,0 +1,11 @@
+# DeepLabV3, ResNet-18 (V1c), output stride 8 on augmented Pascal VOC12 (Table 3), started from MMSegmentation's
+# Cityscapes-trained checkpoint; this file trains every layer (the "Vanilla All" column).
+# Paper mIoU %: calibration 13.95, vanilla all 58.32, vanilla 5L 40.85, vanilla 10L 54.65, filter 5L 33.09, filter 10L 47.11.
+_base_ = [
+    '../_base_/models/deeplabv3_r18-d8.py', 'mmseg::_base_/datasets/pascal_voc12_aug.py',
+    '../_base_/schedules/sgd_cosine_20k.py', '../_base_/gradfilt_runtime.py'
+]
+train_dataloader = dict(batch_size=8)  # the paper: batch 8 (1xb8)
+model = dict(data_preprocessor=dict(size=(512, 512)), decode_head=dict(num_classes=21),
+             auxiliary_head=dict(num_classes=21))
+load_from = 'https://download.openmmlab.com/mmsegmentation/v0.5/deeplabv3/deeplabv3_r18-d8_512x1024_80k_cityscapes/deeplabv3_r18-d8_512x1024_80k_cityscapes_20201225_021506-23dffbe2.pth'
