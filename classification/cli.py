@@ -104,7 +104,6 @@ def main(args: Optional[Sequence[str]] = None, run: bool = True) -> Classificati
         run=run,
         seed_everything_default=0,
         trainer_defaults={"callbacks": [checkpoint]},
-        save_config_kwargs={"overwrite": False},
         auto_configure_optimizers=False,
     )
     return cli

@@ -1,8 +1,3 @@
-# Vanilla BP on the paper's 5 layers of UPerNet-R18: decode_head.{fpn_bottleneck, fpn_convs, bottleneck} + conv_seg.
-_base_ = ['./upernet_r18_1xb8-300_fmnistseg-64x64.py']
-model = dict(auxiliary_head=None)
-custom_hooks = [
-    dict(type='FreezeLayersHook',
-         freeze=['', '~decode_head.conv_seg', '~decode_head.fpn_bottleneck', '~decode_head.fpn_convs',
-                 '~decode_head.bottleneck']),
-]
+# Vanilla BP on the paper's 5 layers (the layer lists and patch sizes of Table 3's configs).
+_base_ = ['./upernet_r18_1xb8-300_fmnistseg-64x64.py', '../_base_/strategies/upernet_r18_vanilla5l.py']
+model = dict(auxiliary_head=None)  # nothing below the head trains: no auxiliary loss
