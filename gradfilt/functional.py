@@ -251,6 +251,7 @@ def _pad_to_needed(x_sum: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
 
 
 _SMALL_BYTES = 16 * 2**20  # below glibc's mmap threshold: reused heap memory, no fresh page faults
+_LARGE_BYTES = 64 * 2**20  # grad_x maps above this (rows >= 64): F.interpolate's kernel beats the tiled copy
 
 
 def _fast_patch_sum(x: Tensor, r: int) -> Tensor:
@@ -270,7 +271,11 @@ def _spread(grid: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
     n, c, hp, wp = grid.shape
     r = ax_h.patch
     if ax_h.offset == ax_w.offset == 0 and (ax_h.size_in, ax_w.size_in) == (hp * r, wp * r):
-        # pixel a belongs to patch a // r: widen each row once, then copy every row r times
+        # pixel a belongs to patch a // r
+        # nearest upsampling's kernel wins on large maps with long rows (it is slow on short ones)
+        if wp * r >= 64 and grid.numel() * r * r * grid.element_size() > _LARGE_BYTES:
+            return F.interpolate(grid, scale_factor=r, mode="nearest")  # (N, C, H, W)
+        # small maps: widen each row once, then copy every row r times
         rows = grid[:, :, :, :, None].expand(n, c, hp, wp, r).reshape(n, c, hp, 1, wp * r)  # (N, C, Hp, 1, W)
         out = torch.empty(n, c, hp * r, wp * r, dtype=grid.dtype, device=grid.device)
         out.view(n, c, hp, r, wp * r).copy_(rows.expand(n, c, hp, r, wp * r))  # (N, C, H, W), one full write

@@ -274,6 +274,17 @@ def test_saved_memory_is_patch_sums_only(stride, dilation, r):
     assert filtered / plain == pytest.approx(patches / size**2)
 
 
+def test_large_maps_take_the_upsampling_spread(monkeypatch):
+    """grad_x maps above _LARGE_BYTES with rows >= 64 are written by nearest upsampling: same values as the tiled copy."""
+    import gradfilt.functional as fn
+
+    x, w, b, gy = make_case(2, 3, 4, (16, 64), (3, 3), (1, 1), (1, 1), (1, 1), 1, False)
+    tiled = run_filtered(x, w, b, gy, (1, 1), (1, 1), (1, 1), 1, 2)
+    monkeypatch.setattr(fn, "_LARGE_BYTES", 0)
+    upsampled = run_filtered(x, w, b, gy, (1, 1), (1, 1), (1, 1), 1, 2)
+    assert torch.equal(tiled[1], upsampled[1]) and torch.equal(tiled[2], upsampled[2])
+
+
 def test_no_grad_keeps_nothing(monkeypatch):
     import gradfilt.functional as functional
 
