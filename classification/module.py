@@ -24,12 +24,12 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision import models as tv
 
-from gradfilt import FilterSpec, freeze as freeze_paths, install_filters, last_convs
+from gradfilt import FilterSpec, freeze as freeze_paths, install_filters
 from gradfilt.cost import estimate_configured
 from gradfilt.fuse import fuse_bn as fold_bn
 from gradfilt.models import build_model
 from gradfilt.paths import replace_module
-from gradfilt.trace import trace_layers
+from gradfilt.strategy import classifier_name, train_last_layers
 
 __all__ = ["ClassificationModule", "strategy_tag", "imagenet_model"]
 
@@ -41,13 +41,6 @@ def strategy_tag(trainable_layers: Union[int, str], patch_size: Optional[int],
         return "custom"
     depth = "all" if trainable_layers == "all" else f"{trainable_layers}L"
     return f"{'vanilla' if patch_size is None else f'R{patch_size}'}-{depth}"
-
-
-def _classifier_name(model: nn.Module, example: Tensor) -> str:
-    linears = [c.name for c in trace_layers(model, example) if isinstance(c.module, nn.Linear)]
-    if not linears:
-        raise ValueError(f"{type(model).__name__} runs no nn.Linear classifier")
-    return linears[-1]
 
 
 def imagenet_model(arch: str, num_classes: int) -> nn.Module:
@@ -74,7 +67,7 @@ def imagenet_model(arch: str, num_classes: int) -> nn.Module:
         ) from None
     model.load_state_dict(state)
     if num_classes != 1000:
-        head = _classifier_name(model, torch.zeros(1, 3, 64, 64))
+        head = classifier_name(model, input_size=(1, 3, 64, 64))
         old = model.get_submodule(head)
         replace_module(model, head, nn.Linear(old.in_features, num_classes))
     return model
@@ -172,18 +165,11 @@ class ClassificationModule(pl.LightningModule):
         example = torch.zeros(1, 3, image_size, image_size)
         if fuse_bn:
             fold_bn(model, torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)))
-        if trainable_layers == "all":
-            convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-        else:
-            try:
-                convs = last_convs(model, trainable_layers, example, main_path=True)
-            except ValueError as err:
-                raise ValueError(f"model.trainable_layers={trainable_layers} for {arch}: {err}") from None
-        if patch_size is not None:
-            filter_install = [FilterSpec(name, patch_size, "conv") for name in convs]
-        install_filters(model, filter_install)
-        if freeze is None and trainable_layers != "all":
-            freeze = ["", *(f"~{n}" for n in convs), f"~{_classifier_name(model, example)}"]
+        try:
+            train_last_layers(model, trainable_layers, patch_size, example)
+        except ValueError as err:
+            raise ValueError(f"model.trainable_layers={trainable_layers} for {arch}: {err}") from None
+        install_filters(model, filter_install)  # the explicit forms (exclusive with the two above)
         freeze_paths(model, freeze or [])
         self.model = model
         self.cost = estimate_configured(model, image_size)  # batch 1, the paper's columns

@@ -24,12 +24,12 @@ from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.autograd.graph import saved_tensors_hooks
+from torch import nn
 
-from gradfilt import filtered_conv2d, freeze, install_filters, last_convs
-from gradfilt.cost import conv_cost
+from gradfilt import FilteredConv2d, filtered_conv2d
+from gradfilt.cost import conv_cost, measure
 from gradfilt.models import build_model
+from gradfilt.strategy import train_last_layers
 from gradfilt.trace import LayerCall, trace_layers
 
 __all__ = ["ConvCase", "table10_cases", "model_cases", "time_fn", "bench_case", "bench_step", "write_csv"]
@@ -98,25 +98,6 @@ def time_fn(fn: Callable[[], object], device: torch.device, repeats: int, warmup
     return times
 
 
-def _saved_bytes(run: Callable[[], Tensor], exclude: Sequence[Tensor]) -> int:
-    """Bytes of the tensors autograd saves during ``run()``, those sharing storage with ``exclude`` left out."""
-    skip = {t.untyped_storage().data_ptr() for t in exclude}
-    seen: set[int] = set()
-    total = 0
-
-    def pack(t: Tensor) -> Tensor:
-        nonlocal total
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in skip and ptr not in seen:
-            seen.add(ptr)
-            total += t.untyped_storage().nbytes()
-        return t
-
-    with saved_tensors_hooks(pack, lambda t: t):
-        run()
-    return total
-
-
 def _spread(times: list[float]) -> tuple[float, float, float]:
     return statistics.median(times), min(times), max(times)
 
@@ -145,7 +126,7 @@ def bench_case(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: t
                                             list(conv.dilation), False, [0, 0], conv.groups, [True, True, False])
 
     t_torch = _spread(time_fn(torch_backward, device, repeats))
-    mem_torch = _saved_bytes(lambda: F.conv2d(x, weight, **args), [weight])
+    mem_torch = measure(conv.to(device), x.detach())["total"]  # bytes autograd keeps, parameters excluded
     # the copy bound: read g_y once, write one g_x-sized map
     t_read = time_fn(lambda: grad_y.sum(), device, repeats)
     t_write = time_fn(lambda: torch.empty_like(x).fill_(0.0), device, repeats)
@@ -158,7 +139,7 @@ def bench_case(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: t
         y_f = filtered_conv2d(x, weight, patch_size=r, **args)
         t_filt = _spread(time_fn(lambda: torch.autograd.grad(y_f, (x, weight), grad_y, retain_graph=True),
                                  device, repeats))
-        mem_filt = _saved_bytes(lambda: filtered_conv2d(x, weight, patch_size=r, **args), [weight])
+        mem_filt = measure(FilteredConv2d.from_conv(conv, r), x.detach())["total"]
         rows.append({
             "case": case.name, "batch": batch, "patch_size": r, "device": device.type,
             "torch_ms": 1e3 * t_torch[0], "torch_min_ms": 1e3 * t_torch[1], "torch_max_ms": 1e3 * t_torch[2],
@@ -187,12 +168,7 @@ def bench_step(arch: str, layers: int, patch_size: Optional[int], batch: int, im
     """
     torch.manual_seed(0)
     model = build_model(arch, 1000)
-    convs = last_convs(model, layers, input_size=(1, 3, image_size, image_size), main_path=True)
-    head = [c.name for c in trace_layers(model, input_size=(1, 3, image_size, image_size))
-            if isinstance(c.module, nn.Linear)][-1]
-    if patch_size is not None:
-        install_filters(model, [{"path": n, "patch_size": patch_size, "type": "conv"} for n in convs])
-    freeze(model, ["", *(f"~{n}" for n in convs), f"~{head}"])
+    train_last_layers(model, layers, patch_size, input_size=(1, 3, image_size, image_size))
     model.to(device).train()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
     images = torch.randn(batch, 3, image_size, image_size, device=device)

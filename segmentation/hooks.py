@@ -5,12 +5,13 @@ Load them with ``custom_imports = dict(imports=['segmentation.hooks'])`` and lis
 both keep the model's Parameter objects (``FilteredConv2d.from_conv`` shares them; freezing
 only flips ``requires_grad``), so the optimizer built earlier trains exactly what is left
 trainable. Paths use gradfilt's dotted syntax on the (unwrapped) segmentor, e.g.
-``backbone.layer4.1`` or ``decode_head.aspp_modules.2``.
+``backbone.layer4.1`` or ``decode_head.aspp_modules.2``. ``apply(model)`` does a hook's
+set-up on a model outside a run (the report's cost model, the config tests).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 from mmengine.hooks import Hook
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -44,8 +45,13 @@ class GradientFilterHook(Hook):
         self.specs = [FilterSpec.parse(dict(spec)) for spec in filter_install]
         self.installed: list[str] = []
 
+    def apply(self, model) -> list[str]:
+        """Install the filters on ``model`` (an unwrapped segmentor); returns the replaced convs."""
+        self.installed = install_filters(model, self.specs)
+        return self.installed
+
     def before_run(self, runner) -> None:
-        self.installed = install_filters(_unwrap(runner), self.specs)
+        self.apply(_unwrap(runner))
         runner.logger.info(f"GradientFilterHook: filtered {len(self.installed)} convs: {self.installed}")
 
 
@@ -71,9 +77,13 @@ class FreezeLayersHook(Hook):
         self.bn_eval = bn_eval
         self.update_bn_stats = update_bn_stats
 
+    def apply(self, model) -> None:
+        """Apply the freeze list to ``model`` (an unwrapped segmentor)."""
+        freeze(model, self.paths, update_frozen_bn_stats=self.update_bn_stats)
+
     def before_run(self, runner) -> None:
         model = _unwrap(runner)
-        freeze(model, self.paths, update_frozen_bn_stats=self.update_bn_stats)
+        self.apply(model)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         runner.logger.info(f"FreezeLayersHook: {trainable:,} trainable parameters left")
 

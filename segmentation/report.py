@@ -47,18 +47,18 @@ class _TensorMode(nn.Module):
 def _cost(cfg) -> tuple[int, int]:
     """(trainable convs, backward FLOPs per image) of the configured strategy."""
     from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
+    from mmseg.registry import HOOKS, MODELS
 
-    from gradfilt import freeze, install_filters
     from gradfilt.cost import estimate_configured
+
+    from . import hooks  # noqa: F401  (registers the hooks)
 
     init_default_scope("mmseg")
     model = MODELS.build(cfg.model)
-    for hook in cfg.get("custom_hooks", []):
-        if hook["type"] == "GradientFilterHook":
-            install_filters(model, hook["filter_install"])
-        elif hook["type"] == "FreezeLayersHook":
-            freeze(model, hook["freeze"])
+    for hook in cfg.get("custom_hooks", []):  # the run's own set-up, outside a run
+        built = HOOKS.build(hook)
+        if hasattr(built, "apply"):
+            built.apply(model)
     size = tuple(cfg.get("crop_size", (512, 512)))
     report = estimate_configured(_TensorMode(model), size)
     return sum(layer.type == "conv" for layer in report.layers), report.backward_flops

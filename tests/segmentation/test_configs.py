@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from gradfilt import FilteredConv2d, freeze, install_filters
+from mmseg.registry import HOOKS
+
+from gradfilt import FilteredConv2d
+import segmentation.hooks  # noqa: F401  (registers the hooks)
 from segmentation.train import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "segmentation"
@@ -43,11 +46,11 @@ def test_layer_selections_apply(model, dataset):
     for depth in ("5l", "10l"):
         cfg = load_config(str(folder / f"{base}_filter{depth}.py"))
         vanilla = load_config(str(folder / f"{base}_vanilla{depth}.py"))
-        hooks = {h["type"]: h for h in cfg.custom_hooks}
-        assert hooks["FreezeLayersHook"]["freeze"] == vanilla.custom_hooks[0]["freeze"]  # same layers train
+        hooks = {h["type"]: HOOKS.build(h) for h in cfg.custom_hooks}
+        assert hooks["FreezeLayersHook"].paths == vanilla.custom_hooks[0]["freeze"]  # same layers train
         net = _build(cfg)
-        installed = install_filters(net, hooks["GradientFilterHook"]["filter_install"])
-        freeze(net, hooks["FreezeLayersHook"]["freeze"])
+        installed = hooks["GradientFilterHook"].apply(net)  # what the hooks do in before_run
+        hooks["FreezeLayersHook"].apply(net)
         assert all(net.get_submodule(n).weight.requires_grad for n in installed)  # filtered layers train
         assert all(isinstance(net.get_submodule(n), FilteredConv2d) for n in installed)
         counts[depth] = len(installed)
