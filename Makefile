@@ -14,7 +14,7 @@ PIP_NOISE := is ignored: it is neither a file nor a directory
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml gradfilt/_kernels.cpp
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "Installing gradfilt and its dependencies into $(VENV) ..."
 	$(PY) -m pip install --quiet -e ".[dev]" 2>&1 | { grep -v "$(PIP_NOISE)" || true; }

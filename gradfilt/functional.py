@@ -33,6 +33,7 @@ patch's value.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -41,6 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.nn.grad import conv2d_input, conv2d_weight
+
+from gradfilt import _native
 
 IntPair = Union[int, Sequence[int]]
 
@@ -265,13 +268,45 @@ def _fast_patch_sum(x: Tensor, r: int) -> Tensor:
     return out
 
 
+def _stride1_path(axes: tuple[_Axis, _Axis]) -> bool:
+    """Both axes collapse at stride 1 (3x3 "same", 1x1, depthwise ...): the channel-major fast path."""
+    return all(ax.mode == "collapse" and ax.stride == 1 for ax in axes)
+
+
+def _channel_major_sums(x: Tensor, r: int, start: tuple[int, int], counts: tuple[int, int]) -> Tensor:
+    """(N, C, H, W) -> (C, N, nh, nw) sums of the r x r patches starting at ``start`` (clipped to the map).
+
+    The channel-major layout makes both backward GEMMs one matrix product over the whole batch.
+    """
+    x = x.contiguous()
+    if _native.usable(x):
+        return _native.patch_sums(x, r, start, counts)
+    h, w = x.shape[2:]
+    pads = [-start[1], start[1] + counts[1] * r - w, -start[0], start[0] + counts[0] * r - h]
+    if not any(pads) and x.numel() * x.element_size() // r <= _SMALL_BYTES:
+        sums = _fast_patch_sum(x, r)  # strided adds win while their (N, C, H, W / r) intermediate is small
+    else:
+        sums = patch_sum(F.pad(x, pads), r)  # negative pads crop, positive ones add zeros
+    return sums.transpose(0, 1).contiguous()  # (C, N, nh, nw)
+
+
+@functools.lru_cache(maxsize=256)
+def _spread_index(ax: _Axis, device: torch.device) -> Tensor:
+    return ax.gather_index(device)
+
+
 def _spread(grid: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
-    """(N, C, Hp, Wp) per-patch values -> (N, C, H_in, W_in), every pixel taking its patch's value (stride 1)."""
+    """(N, C, Hp, Wp) patch values (any strides) -> (N, C, H_in, W_in), every pixel taking its patch's value (stride 1)."""
     ax_h, ax_w = axes
+    idx_h, idx_w = _spread_index(ax_h, grid.device), _spread_index(ax_w, grid.device)
+    # pixel a belongs to patch a // r when the samples start at pixel 0 and no pixel lies past the last patch
+    uniform = ax_w.offset == 0 and (ax_w.size_in - 1) // ax_w.patch < ax_w.n_patches
+    if _native.usable(grid):
+        return _native.spread(grid, idx_h, idx_w, ax_w.patch if uniform else None)
+    grid = grid.contiguous()  # (N, C, Hp, Wp), so that every path below returns a contiguous map
     n, c, hp, wp = grid.shape
     r = ax_h.patch
     if ax_h.offset == ax_w.offset == 0 and (ax_h.size_in, ax_w.size_in) == (hp * r, wp * r):
-        # pixel a belongs to patch a // r
         # nearest upsampling's kernel wins on large maps with long rows (it is slow on short ones)
         if wp * r >= 64 and grid.numel() * r * r * grid.element_size() > _LARGE_BYTES:
             return F.interpolate(grid, scale_factor=r, mode="nearest")  # (N, C, H, W)
@@ -280,78 +315,73 @@ def _spread(grid: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
         out = torch.empty(n, c, hp * r, wp * r, dtype=grid.dtype, device=grid.device)
         out.view(n, c, hp, r, wp * r).copy_(rows.expand(n, c, hp, r, wp * r))  # (N, C, H, W), one full write
         return out
-    if ax_h.offset == ax_w.offset == 0:  # partial last patches: repeat rows by index, then widen and crop
-        rows = grid.index_select(2, ax_h.gather_index(grid.device))  # (N, C, H, Wp)
+    if uniform:  # partial last patches: repeat rows by index, then widen and crop
+        rows = grid.index_select(2, idx_h)  # (N, C, H, Wp)
         wide = rows[:, :, :, :, None].expand(n, c, ax_h.size_in, wp, r).reshape(n, c, ax_h.size_in, wp * r)
         return wide[:, :, :, : ax_w.size_in]  # (N, C, H, W) view, one full write
-    idx_h, idx_w = ax_h.gather_index(grid.device), ax_w.gather_index(grid.device)
     return grid[:, :, idx_h[:, None], idx_w[None, :]]  # (N, C, H, W), one gather
 
 
-def _grid_matmuls(g: Tensor, x_sum: Optional[Tensor], theta: Optional[Tensor]) -> tuple[Optional[Tensor], Optional[Tensor]]:
-    """groups == 1: grad_w = sum_n g[n] x[n]^T and grad_x~[n] = theta^T g[n] without layout copies.
-
-    Args are g (N, C_out, P), x_sum (N, C_in, P) or None, theta (C_out, C_in) or None.
-    """
-    n, c_out, p = g.shape
-    grad_tap = grid = None
-    if x_sum is not None:
-        grad_tap = torch.zeros(c_out, x_sum.shape[1], dtype=g.dtype, device=g.device)  # (C_out, C_in)
-        for i in range(n):  # one GEMM per image reads g and x in place; einsum would permute copies of both
-            grad_tap.addmm_(g[i], x_sum[i].T)
-    if theta is not None:
-        grid = torch.empty(n, theta.shape[1], p, dtype=g.dtype, device=g.device)  # (N, C_in, P)
-        theta_t = theta.T
-        for i in range(n):
-            torch.mm(theta_t, g[i], out=grid[i])
-    return grad_tap, grid
+def _input_sums(x: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
+    """x~ as saved by forward: channel-major (C_in, N, nh, nw) on the stride-1 path, else (N, C_in, nh, nw)."""
+    if not _stride1_path(axes):
+        return _sample_patch_sums(x, axes)
+    # stride 1: sample t of a patch row is pixel t + offset; patches past the map's edge hold zeros
+    return _channel_major_sums(x, axes[0].patch, (axes[0].offset, axes[1].offset),
+                               (axes[0].n_patches, axes[1].n_patches))
 
 
-def _collapse_backward(grad_y: Tensor, x_sum: Tensor, weight: Tensor, axes: tuple[_Axis, _Axis], groups: int,
-                       x_shape: torch.Size, weight_shape: torch.Size, need_x: bool, need_w: bool, need_b: bool):
+def _collapse_backward(grad_y: Tensor, x_sum: Optional[Tensor], weight: Optional[Tensor], axes: tuple[_Axis, _Axis],
+                       groups: int, x_shape: torch.Size, weight_shape: torch.Size, need_x: bool, need_w: bool,
+                       need_b: bool):
     """Backward when both axes collapse at stride 1 (3x3 "same" convs, 1x1 convs, depthwise ...).
 
-    Every kernel collapses to one tap, so on the patch grid of P = Hp * Wp patches:
-    grad_w[co, ci, :, :] = sum_{n, P} g~y[n, co, P] x~[n, ci, P] and grad_x~[n, ci, P] =
-    sum_co theta~[co, ci] g~y[n, co, P], theta~ = the kernel's spatial sum; grad_x spreads
-    grad_x~ over each patch's pixels. g_y is read once (patch sums) and grad_x written once.
+    Every kernel collapses to one tap, so with the B = N * Hp * Wp patches of the batch as
+    columns (channel-major, g~y as G: (C_out, B), x~ as X: (C_in, B)): grad_w[co, ci, :, :] =
+    (G X^T)[co, ci] and grad_x~ = theta~^T G (computed as G^T theta~, (B, C_in)), theta~ = the
+    kernel's spatial sum, one GEMM each per group. g_y is read once (patch sums) and grad_x
+    written once (every pixel takes its patch's value of grad_x~).
     """
     n, c_out, h_out, w_out = grad_y.shape
     r = axes[0].patch
-    divisible = h_out % r == 0 and w_out % r == 0
-    # strided adds win while their (N, C, H, W / r) intermediate is small; avg_pool2d allocates none
-    small = grad_y.numel() * grad_y.element_size() // r <= _SMALL_BYTES
-    g_sum = _fast_patch_sum(grad_y, r) if divisible and small else patch_sum(grad_y, r)  # (N, C_out, Hp, Wp)
-    hp, wp = g_sum.shape[2:]
-    grad_b = g_sum.sum((0, 2, 3)) if need_b else None  # patch sums keep every total: exact
-    if divisible:
-        g_mean = g_sum.div_(r * r)
+    hp, wp = axes[0].n_patches, axes[1].n_patches
+    g_sum = _channel_major_sums(grad_y, r, (0, 0), (hp, wp))  # (C_out, N, Hp, Wp)
+    grad_b = g_sum.sum((1, 2, 3)) if need_b else None  # patch sums keep every total: exact
+    if h_out % r == 0 and w_out % r == 0:
+        g_mean, scale = g_sum, 1.0 / (r * r)  # the mean's 1 / r^2 goes on the small GEMM operands
     else:  # partial edge patches average the pixels they have
-        count_h = (h_out - torch.arange(hp, device=g_sum.device) * r).clamp(max=r)
-        count_w = (w_out - torch.arange(wp, device=g_sum.device) * r).clamp(max=r)
-        g_mean = g_sum.div_((count_h[:, None] * count_w[None, :]).to(g_sum.dtype))
-    c_out_g, c_in_g = weight_shape[:2]
-    c_out_g //= groups
+        g_mean, scale = g_sum.mul_(_inverse_counts(h_out, w_out, r, g_sum.dtype, g_sum.device)), 1.0
+    c_out_g, c_in_g = weight_shape[0] // groups, weight_shape[1]
+    g = g_mean.view(groups, c_out_g, n * hp * wp)  # (G, C_out / G, B)
     grad_x = grad_w = None
-    if groups == 1 and hp * wp >= 64:  # large patch grids: per-image GEMMs beat einsum's layout copies
-        theta = weight.sum((2, 3)) if need_x else None  # (C_out, C_in) kernel sums
-        x_flat = x_sum.reshape(n, -1, hp * wp) if need_w else None  # (N, C_in, P)
-        grad_tap, grid = _grid_matmuls(g_mean.reshape(n, c_out, hp * wp), x_flat, theta)
-        if need_w:
-            grad_w = grad_tap.reshape(c_out, c_in_g, 1, 1).expand(weight_shape).contiguous()
-        if need_x:
-            grad_x = _spread(grid.reshape(n, x_shape[1], hp, wp), axes)
-        return grad_x, grad_w, grad_b
-    g = g_mean.reshape(n, groups, c_out_g, hp * wp)  # (N, G, C_out / G, P)
     if need_w:
-        xs = x_sum.reshape(n, groups, c_in_g, hp * wp)  # (N, G, C_in / G, P)
-        grad_tap = torch.einsum("ngop,ngip->goi", g, xs)  # (G, C_out / G, C_in / G)
-        grad_w = grad_tap.reshape(weight_shape[0], c_in_g, 1, 1).expand(weight_shape).contiguous()
+        xs = x_sum.view(groups, c_in_g, n * hp * wp)  # (G, C_in / G, B)
+        grad_tap = torch.bmm(g, xs.transpose(1, 2)) if groups > 1 else torch.mm(g[0], xs[0].T)  # (C_out / G, C_in / G)
+        if _native.usable(grad_tap):
+            grad_w = _native.repeat_taps(grad_tap, weight_shape, scale)
+        else:
+            grad_w = grad_tap.mul(scale).reshape(weight_shape[0], c_in_g, 1, 1).expand(weight_shape).contiguous()
     if need_x:
-        theta = weight.sum((2, 3)).reshape(groups, c_out_g, c_in_g)  # (G, C_out / G, C_in / G) kernel sums
-        grid = torch.einsum("goi,ngop->ngip", theta, g).reshape(n, x_shape[1], hp, wp)  # (N, C_in, Hp, Wp)
-        grad_x = _spread(grid, axes)
+        weight = weight.contiguous()
+        if _native.usable(weight):
+            theta = _native.kernel_sums(weight, scale)
+        else:
+            theta = weight.sum((2, 3)).mul_(scale)  # (C_out, C_in / G) kernel sums
+        if groups == 1:  # G^T theta~: MKL is faster with the batch on the long side
+            grid = torch.mm(g[0].T, theta).view(n, hp, wp, -1).permute(0, 3, 1, 2)  # (N, C_in, Hp, Wp) view
+        else:
+            theta_t = theta.view(groups, c_out_g, c_in_g).transpose(1, 2)  # (G, C_in / G, C_out / G)
+            grid = torch.bmm(theta_t, g).view(-1, n, hp, wp).transpose(0, 1)  # (N, C_in, Hp, Wp) view
+        grad_x = _spread(grid, axes)  # (N, C_in, H, W)
     return grad_x, grad_w, grad_b
+
+
+@functools.lru_cache(maxsize=64)
+def _inverse_counts(h: int, w: int, r: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """1 / (pixels of the map in each r x r patch), (Hp, Wp): partial edge patches count what they have."""
+    count_h = (h - torch.arange(0, h, r, device=device)).clamp(max=r)
+    count_w = (w - torch.arange(0, w, r, device=device)).clamp(max=r)
+    return 1.0 / (count_h[:, None] * count_w[None, :]).to(dtype)
 
 
 class _FilteredConv2dFn(torch.autograd.Function):
@@ -367,7 +397,7 @@ class _FilteredConv2dFn(torch.autograd.Function):
         ctx.groups = groups
         ctx.x_shape = x.shape
         ctx.weight_shape = weight.shape
-        x_sum = _sample_patch_sums(x, ctx.axes) if ctx.needs_input_grad[1] else None
+        x_sum = _input_sums(x, ctx.axes) if ctx.needs_input_grad[1] else None
         ctx.save_for_backward(x_sum, weight if ctx.needs_input_grad[0] else None)
         return y
 
@@ -377,7 +407,7 @@ class _FilteredConv2dFn(torch.autograd.Function):
         x_sum, weight = ctx.saved_tensors
         ax_h, ax_w = ctx.axes
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        if all(ax.mode == "collapse" and ax.stride == 1 for ax in ctx.axes):
+        if _stride1_path(ctx.axes):
             grads = _collapse_backward(grad_y, x_sum, weight, ctx.axes, ctx.groups, ctx.x_shape, ctx.weight_shape,
                                        need_x, need_w, need_b)
             return (*grads, None, None, None, None, None, None)

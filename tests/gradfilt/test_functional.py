@@ -277,7 +277,9 @@ def test_saved_memory_is_patch_sums_only(stride, dilation, r):
 def test_large_maps_take_the_upsampling_spread(monkeypatch):
     """grad_x maps above _LARGE_BYTES with rows >= 64 are written by nearest upsampling: same values as the tiled copy."""
     import gradfilt.functional as fn
+    from gradfilt import _native
 
+    monkeypatch.setattr(_native, "_kernels", None)  # both sides on the pure-PyTorch path
     x, w, b, gy = make_case(2, 3, 4, (16, 64), (3, 3), (1, 1), (1, 1), (1, 1), 1, False)
     tiled = run_filtered(x, w, b, gy, (1, 1), (1, 1), (1, 1), 1, 2)
     monkeypatch.setattr(fn, "_LARGE_BYTES", 0)
@@ -291,7 +293,7 @@ def test_no_grad_keeps_nothing(monkeypatch):
     def fail(*args):
         raise AssertionError("patch sums computed although no backward can run")
 
-    monkeypatch.setattr(functional, "_sample_patch_sums", fail)
+    monkeypatch.setattr(functional, "_input_sums", fail)
     conv = torch.nn.Conv2d(4, 4, 3, padding=1)
     x = torch.randn(2, 4, 8, 8, requires_grad=True)
     with torch.no_grad():

@@ -1,0 +1,319 @@
+// Memory-bound passes of the filtered conv backward on the CPU (float32 / float64, OpenMP).
+//
+// The filtered backward (gradfilt/functional.py) touches full-size maps twice and does
+// everything else on the r x r patch grid: it reads g_y once into patch sums, and writes
+// grad_x once by giving every pixel its patch's value. torch's strided element-wise kernels
+// run those two passes 5-10x slower than memory speed on short rows; these loops run them
+// close to it. gradfilt/_native.py checks every argument (shapes, strides, dtypes, index
+// ranges) and falls back to the pure-PyTorch versions when this module is not built. The
+// module uses the Python C API only (no torch headers); OpenMP resolves to the libgomp torch
+// has already loaded, and the thread count is passed in from torch.get_num_threads().
+//
+// patch_sums(dtype, src, dst, planes, C, H, W, r, row_start, n_ph, col_start, n_pw,
+//            dst_sn, dst_sc, threads)
+//   src: contiguous (N, C, H, W), planes = N * C. For patch (ph, pw) of plane (n, c):
+//     dst[n * dst_sn + c * dst_sc + ph * n_pw + pw] =
+//       sum of src[n, c, h, w] over h in [row_start + ph * r, row_start + (ph + 1) * r) and
+//       w in [col_start + pw * r, col_start + (pw + 1) * r), both clipped to the map
+//       (pixels outside it are zero padding).
+//
+// spread(dtype, src, dst, planes, C, H, W, src_sn, src_sc, src_row, src_col, index_h, index_w, r, threads)
+//   dst: contiguous (N, C, H, W). dst[n, c, h, w] =
+//     src[n * src_sn + c * src_sc + index_h[h] * src_row + index_w[w] * src_col] (int64 index arrays).
+//     r > 0 promises index_w[w] == w / r for every w (widening without a gather).
+//
+// tap_sums(dtype, w, theta, elements, taps, scale, threads)
+//   w: contiguous (elements, taps); theta[e] = scale * sum_k w[e, k].
+// repeat_taps(dtype, tap, w, elements, taps, scale, threads)
+//   tap: contiguous (elements,); w[e, k] = scale * tap[e] for every tap k.
+//
+// dtype: 0 = float32, 1 = float64. Pointers are integers (tensor.data_ptr()).
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+using Index = Py_ssize_t;
+
+// acc[0 : W) = sum of the R rows starting at s (row stride W); R known at compile time
+// for the common patch sizes so the adds vectorize without a loop over rows.
+template <typename T, int R>
+inline void sum_rows(const T* __restrict s, T* __restrict acc, Index W, Index rows) {
+  if constexpr (R == 2) {
+    for (Index w = 0; w < W; ++w) acc[w] = s[w] + s[W + w];
+  } else if constexpr (R == 4) {
+    for (Index w = 0; w < W; ++w) acc[w] = (s[w] + s[W + w]) + (s[2 * W + w] + s[3 * W + w]);
+  } else {
+    std::memcpy(acc, s, sizeof(T) * W);
+    for (Index i = 1; i < rows; ++i)
+      for (Index w = 0; w < W; ++w) acc[w] += s[i * W + w];
+  }
+}
+
+// out[j] = sum of acc[j * r : (j + 1) * r) for j < n.
+template <typename T, int R>
+inline void sum_runs(const T* __restrict acc, T* __restrict out, Index n, Index r) {
+  if constexpr (R == 2) {
+    for (Index j = 0; j < n; ++j) out[j] = acc[2 * j] + acc[2 * j + 1];
+  } else if constexpr (R == 4) {
+    for (Index j = 0; j < n; ++j) out[j] = (acc[4 * j] + acc[4 * j + 1]) + (acc[4 * j + 2] + acc[4 * j + 3]);
+  } else {
+    for (Index j = 0; j < n; ++j) {
+      T t = 0;
+      for (Index i = 0; i < r; ++i) t += acc[j * r + i];
+      out[j] = t;
+    }
+  }
+}
+
+struct PatchSumArgs {
+  Index planes, C, H, W, r, row_start, n_ph, col_start, n_pw, dst_sn, dst_sc;
+  int threads;
+};
+
+// One (H, W) plane tiled by patches from (0, 0) (the last row / column of patches may be
+// partial): R-row sums of every patch row into acc (n_ph, W), then runs of r along each row
+// (one flat loop over acc when W is a multiple of r: acc[j * r + i] belongs to output j).
+template <typename T, int R>
+void anchored_plane(const T* __restrict plane, T* __restrict out, T* __restrict acc, const PatchSumArgs& a) {
+  for (Index k = 0; k < a.n_ph; ++k) {
+    const Index rows = std::min<Index>(a.r, a.H - k * a.r);
+    if (rows == a.r)
+      sum_rows<T, R>(plane + k * a.r * a.W, acc + k * a.W, a.W, rows);
+    else
+      sum_rows<T, 0>(plane + k * a.r * a.W, acc + k * a.W, a.W, rows);
+  }
+  const Index whole = a.W / a.r;
+  if (whole * a.r == a.W) {
+    sum_runs<T, R>(acc, out, a.n_ph * a.n_pw, a.r);
+    return;
+  }
+  for (Index k = 0; k < a.n_ph; ++k) {
+    const T* row = acc + k * a.W;
+    T* o = out + k * a.n_pw;
+    sum_runs<T, R>(row, o, whole, a.r);
+    T t = 0;  // the partial last patch of the row
+    for (Index w = whole * a.r; w < a.W; ++w) t += row[w];
+    o[whole] = t;
+  }
+}
+
+// Any plane: patches clipped to the map; acc holds one patch row's row sums (W values).
+template <typename T>
+void clipped_plane(const T* __restrict plane, T* __restrict out, T* __restrict acc, const PatchSumArgs& a) {
+  for (Index ph = 0; ph < a.n_ph; ++ph) {
+    const Index h0 = std::max<Index>(a.row_start + ph * a.r, 0);
+    const Index h1 = std::min<Index>(a.row_start + (ph + 1) * a.r, a.H);
+    T* o = out + ph * a.n_pw;
+    if (h0 >= h1) {  // the whole patch row lies in the padding
+      std::fill(o, o + a.n_pw, T(0));
+      continue;
+    }
+    sum_rows<T, 0>(plane + h0 * a.W, acc, a.W, h1 - h0);
+    for (Index pw = 0; pw < a.n_pw; ++pw) {
+      const Index w0 = std::max<Index>(a.col_start + pw * a.r, 0);
+      const Index w1 = std::min<Index>(a.col_start + (pw + 1) * a.r, a.W);
+      T t = 0;
+      for (Index w = w0; w < w1; ++w) t += acc[w];
+      o[pw] = t;
+    }
+  }
+}
+
+template <typename T, int R>
+void patch_sums_with(const T* src, T* dst, const PatchSumArgs& a, bool anchored) {
+#pragma omp parallel num_threads(a.threads)
+  {
+    std::vector<T> acc(std::max<Index>(a.n_ph * a.W, 1));  // per thread
+#pragma omp for schedule(static)
+    for (Index p = 0; p < a.planes; ++p) {
+      const T* plane = src + p * a.H * a.W;
+      T* out = dst + (p / a.C) * a.dst_sn + (p % a.C) * a.dst_sc;
+      if (anchored)
+        anchored_plane<T, R>(plane, out, acc.data(), a);
+      else
+        clipped_plane<T>(plane, out, acc.data(), a);
+    }
+  }
+}
+
+template <typename T>
+void patch_sums(const T* src, T* dst, const PatchSumArgs& a) {
+  // patches tile the map from (0, 0), the last ones possibly partial
+  const bool anchored = a.row_start == 0 && a.col_start == 0 && a.n_ph == (a.H + a.r - 1) / a.r &&
+                        a.n_pw == (a.W + a.r - 1) / a.r;
+  if (anchored && a.r == 2)
+    patch_sums_with<T, 2>(src, dst, a, true);
+  else if (anchored && a.r == 4)
+    patch_sums_with<T, 4>(src, dst, a, true);
+  else
+    patch_sums_with<T, 0>(src, dst, a, anchored);
+}
+
+// row[0 : W) = g[(w / r) * col] (r > 0) or g[index_w[w] * col] (r == 0, general gather).
+template <typename T, int R>
+inline void widen_row(const T* __restrict g, Index col, T* __restrict row, Index W, Index r, const int64_t* index_w) {
+  if constexpr (R == 2 || R == 4) {
+    const Index whole = W / R;
+    for (Index w = 0; w < whole; ++w)
+      for (int i = 0; i < R; ++i) row[R * w + i] = g[w * col];
+    for (Index w = R * whole; w < W; ++w) row[w] = g[whole * col];
+  } else {
+    if (r > 0)
+      for (Index w = 0; w < W; ++w) row[w] = g[(w / r) * col];
+    else
+      for (Index w = 0; w < W; ++w) row[w] = g[index_w[w] * col];
+  }
+}
+
+struct SpreadArgs {
+  Index planes, C, H, W, src_sn, src_sc, src_row, src_col, r;
+  const int64_t* index_h;
+  const int64_t* index_w;
+  int threads;
+};
+
+template <typename T, int R>
+void spread_with(const T* src, T* dst, const SpreadArgs& a) {
+#pragma omp parallel for num_threads(a.threads) schedule(static)
+  for (Index p = 0; p < a.planes; ++p) {
+    const T* grid = src + (p / a.C) * a.src_sn + (p % a.C) * a.src_sc;
+    T* plane = dst + p * a.H * a.W;
+    for (Index h = 0; h < a.H; ++h) {
+      T* row = plane + h * a.W;
+      if (h > 0 && a.index_h[h] == a.index_h[h - 1])  // same patch row: copy the row above
+        std::memcpy(row, row - a.W, sizeof(T) * a.W);
+      else
+        widen_row<T, R>(grid + a.index_h[h] * a.src_row, a.src_col, row, a.W, a.r, a.index_w);
+    }
+  }
+}
+
+template <typename T>
+void spread(const T* src, T* dst, const SpreadArgs& a) {
+  if (a.r == 2)
+    spread_with<T, 2>(src, dst, a);
+  else if (a.r == 4)
+    spread_with<T, 4>(src, dst, a);
+  else
+    spread_with<T, 0>(src, dst, a);
+}
+
+// Kernel taps: theta[e] = scale * sum_k w[e, k] (a kernel's spatial sum, e = (o, i)), and the
+// reverse, w_grad[e, k] = scale * tap[e] for every tap k.
+struct TapArgs {
+  Index elements, taps;
+  double scale;
+  int threads;
+};
+
+template <typename T>
+void tap_sums(const T* __restrict w, T* __restrict theta, const TapArgs& a) {
+#pragma omp parallel for num_threads(a.threads) schedule(static)
+  for (Index e = 0; e < a.elements; ++e) {
+    const T* k = w + e * a.taps;
+    T t = 0;
+    for (Index j = 0; j < a.taps; ++j) t += k[j];
+    theta[e] = t * static_cast<T>(a.scale);
+  }
+}
+
+template <typename T>
+void repeat_taps(const T* __restrict tap, T* __restrict w, const TapArgs& a) {
+#pragma omp parallel for num_threads(a.threads) schedule(static)
+  for (Index e = 0; e < a.elements; ++e) {
+    const T v = tap[e] * static_cast<T>(a.scale);
+    for (Index j = 0; j < a.taps; ++j) w[e * a.taps + j] = v;
+  }
+}
+
+template <typename T>
+T* ptr(unsigned long long address) {
+  return reinterpret_cast<T*>(static_cast<uintptr_t>(address));
+}
+
+bool valid(int dtype, Index C, int threads) { return (dtype == 0 || dtype == 1) && C >= 1 && threads >= 1; }
+
+PyObject* py_patch_sums(PyObject*, PyObject* args) {
+  int dtype;
+  unsigned long long src, dst;
+  PatchSumArgs a;
+  if (!PyArg_ParseTuple(args, "iKKnnnnnnnnnnni", &dtype, &src, &dst, &a.planes, &a.C, &a.H, &a.W, &a.r,
+                        &a.row_start, &a.n_ph, &a.col_start, &a.n_pw, &a.dst_sn, &a.dst_sc, &a.threads))
+    return nullptr;
+  if (!valid(dtype, a.C, a.threads) || a.r < 1) {
+    PyErr_SetString(PyExc_ValueError, "patch_sums: need dtype 0 or 1, C >= 1, threads >= 1 and r >= 1");
+    return nullptr;
+  }
+  Py_BEGIN_ALLOW_THREADS;
+  if (dtype == 0)
+    patch_sums(ptr<const float>(src), ptr<float>(dst), a);
+  else
+    patch_sums(ptr<const double>(src), ptr<double>(dst), a);
+  Py_END_ALLOW_THREADS;
+  Py_RETURN_NONE;
+}
+
+PyObject* py_spread(PyObject*, PyObject* args) {
+  int dtype;
+  unsigned long long src, dst, index_h, index_w;
+  SpreadArgs a;
+  if (!PyArg_ParseTuple(args, "iKKnnnnnnnnKKni", &dtype, &src, &dst, &a.planes, &a.C, &a.H, &a.W, &a.src_sn,
+                        &a.src_sc, &a.src_row, &a.src_col, &index_h, &index_w, &a.r, &a.threads))
+    return nullptr;
+  if (!valid(dtype, a.C, a.threads) || a.r < 0) {
+    PyErr_SetString(PyExc_ValueError, "spread: need dtype 0 or 1, C >= 1, threads >= 1 and r >= 0");
+    return nullptr;
+  }
+  a.index_h = ptr<const int64_t>(index_h);
+  a.index_w = ptr<const int64_t>(index_w);
+  Py_BEGIN_ALLOW_THREADS;
+  if (dtype == 0)
+    spread(ptr<const float>(src), ptr<float>(dst), a);
+  else
+    spread(ptr<const double>(src), ptr<double>(dst), a);
+  Py_END_ALLOW_THREADS;
+  Py_RETURN_NONE;
+}
+
+template <void (*F32)(const float*, float*, const TapArgs&), void (*F64)(const double*, double*, const TapArgs&)>
+PyObject* py_taps(PyObject*, PyObject* args) {
+  int dtype;
+  unsigned long long src, dst;
+  TapArgs a;
+  if (!PyArg_ParseTuple(args, "iKKnndi", &dtype, &src, &dst, &a.elements, &a.taps, &a.scale, &a.threads))
+    return nullptr;
+  if (!valid(dtype, 1, a.threads) || a.elements < 0 || a.taps < 1) {
+    PyErr_SetString(PyExc_ValueError, "taps: need dtype 0 or 1, elements >= 0, taps >= 1 and threads >= 1");
+    return nullptr;
+  }
+  Py_BEGIN_ALLOW_THREADS;
+  if (dtype == 0)
+    F32(ptr<const float>(src), ptr<float>(dst), a);
+  else
+    F64(ptr<const double>(src), ptr<double>(dst), a);
+  Py_END_ALLOW_THREADS;
+  Py_RETURN_NONE;
+}
+
+PyMethodDef methods[] = {
+    {"patch_sums", py_patch_sums, METH_VARARGS, "Patch sums of a contiguous (N, C, H, W) map (see the file header)."},
+    {"spread", py_spread, METH_VARARGS, "Fill a contiguous (N, C, H, W) map from its patch grid (see the header)."},
+    {"tap_sums", py_taps<tap_sums<float>, tap_sums<double>>, METH_VARARGS,
+     "Scaled spatial sums of a conv kernel's taps (see the header)."},
+    {"repeat_taps", py_taps<repeat_taps<float>, repeat_taps<double>>, METH_VARARGS,
+     "Scaled values repeated over every kernel tap (see the header)."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "gradfilt._kernels", "OpenMP passes of the filtered conv backward.",
+                      -1, methods, nullptr, nullptr, nullptr, nullptr};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }

@@ -1,0 +1,134 @@
+"""Optional compiled passes of the filtered backward (``gradfilt/_kernels.cpp``), with checks.
+
+The package build compiles ``gradfilt._kernels`` (C++ / OpenMP, Python C API only). When it
+is missing (a build without a compiler, ``GRADFILT_NO_KERNELS=1``) or a tensor is not a CPU
+float32 / float64 tensor, :func:`usable` is False and :mod:`gradfilt.functional` runs its
+pure-PyTorch versions instead; the tests compare the two.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+try:
+    if os.environ.get("GRADFILT_NO_KERNELS", "") not in ("", "0"):
+        raise ImportError("disabled by GRADFILT_NO_KERNELS")
+    from gradfilt import _kernels
+except ImportError:
+    _kernels = None
+
+__all__ = ["available", "usable", "patch_sums", "spread", "kernel_sums", "repeat_taps"]
+
+_DTYPES = {torch.float32: 0, torch.float64: 1}
+
+
+def available() -> bool:
+    """True when the compiled kernels were built and loaded."""
+    return _kernels is not None
+
+
+def usable(*tensors: Tensor) -> bool:
+    """True when the compiled kernels can run on all ``tensors`` (CPU, float32 / float64)."""
+    return _kernels is not None and all(t.device.type == "cpu" and t.dtype in _DTYPES for t in tensors)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def patch_sums(x: Tensor, patch_size: int, start: tuple[int, int], counts: tuple[int, int]) -> Tensor:
+    """Patch sums of ``x``, written channel-major for one GEMM over the batch.
+
+    Patch (ph, pw) covers rows [start[0] + ph * r, start[0] + (ph + 1) * r) and columns
+    [start[1] + pw * r, ...) of x, clipped to the map (outside pixels count as zeros).
+
+    Args:
+        x: contiguous (N, C, H, W) CPU float32 / float64 tensor.
+        patch_size: r >= 1.
+        start: first row and column of patch (0, 0) (may be negative).
+        counts: patches along height and width.
+
+    Returns:
+        Contiguous (C, N, counts[0], counts[1]).
+    """
+    _check(usable(x) and x.dim() == 4 and x.is_contiguous(), "patch_sums needs a contiguous 4-D CPU float tensor")
+    _check(patch_size >= 1 and min(counts) >= 0, f"bad patch_size {patch_size} or counts {counts}")
+    n, c, h, w = x.shape
+    out = torch.empty(c, n, *counts, dtype=x.dtype)  # (C, N, nh, nw)
+    if out.numel():
+        p = counts[0] * counts[1]
+        _kernels.patch_sums(_DTYPES[x.dtype], x.data_ptr(), out.data_ptr(), n * c, c, h, w, patch_size,
+                            start[0], counts[0], start[1], counts[1], p, n * p, torch.get_num_threads())
+    return out
+
+
+def spread(grid: Tensor, index_h: Tensor, index_w: Tensor, patch_size: Optional[int]) -> Tensor:
+    """out[n, c, h, w] = grid[n, c, index_h[h], index_w[w]]: every pixel takes its patch's value.
+
+    Args:
+        grid: (N, C, Hp, Wp) CPU float32 / float64 tensor, any strides (channel-major or channels-last views).
+        index_h: int64 (H,) patch row of every output row, in [0, Hp).
+        index_w: int64 (W,) patch column of every output column, in [0, Wp).
+        patch_size: r when index_w[w] == w // r for every w (a faster widening), else None.
+
+    Returns:
+        Contiguous (N, C, H, W).
+    """
+    _check(usable(grid) and grid.dim() == 4 and min(grid.stride()) >= 0, "spread needs a 4-D CPU float grid")
+    n, c, hp, wp = grid.shape
+    for index, size, name in ((index_h, hp, "index_h"), (index_w, wp, "index_w")):
+        _check(index.dtype == torch.int64 and index.dim() == 1 and index.is_contiguous() and index.device.type == "cpu",
+               f"{name} must be a contiguous 1-D int64 CPU tensor")
+        _check(index.numel() == 0 or (0 <= int(index.min()) and int(index.max()) < size),
+               f"{name} must lie in [0, {size})")
+    h, w = index_h.numel(), index_w.numel()
+    if patch_size is not None:
+        _check(w == 0 or (w - 1) // patch_size < wp, f"{w} columns do not fit {wp} patches of {patch_size}")
+    out = torch.empty(n, c, h, w, dtype=grid.dtype)  # (N, C, H, W)
+    if out.numel():
+        _kernels.spread(_DTYPES[grid.dtype], grid.data_ptr(), out.data_ptr(), n * c, c, h, w, *grid.stride(),
+                        index_h.data_ptr(), index_w.data_ptr(), patch_size or 0, torch.get_num_threads())
+    return out
+
+
+def kernel_sums(weight: Tensor, scale: float) -> Tensor:
+    """theta~: scale * the spatial sum of every (output, input) kernel of a conv weight.
+
+    Args:
+        weight: contiguous (C_out, C_in / G, kh, kw) CPU float32 / float64 tensor.
+        scale: factor applied to every sum.
+
+    Returns:
+        Contiguous (C_out, C_in / G).
+    """
+    _check(usable(weight) and weight.dim() == 4 and weight.is_contiguous(), "kernel_sums needs a contiguous 4-D weight")
+    c_out, c_in_g, kh, kw = weight.shape
+    out = torch.empty(c_out, c_in_g, dtype=weight.dtype)  # (C_out, C_in / G)
+    _kernels.tap_sums(_DTYPES[weight.dtype], weight.data_ptr(), out.data_ptr(), c_out * c_in_g, kh * kw, float(scale),
+                      torch.get_num_threads())
+    return out
+
+
+def repeat_taps(tap: Tensor, weight_shape: torch.Size, scale: float) -> Tensor:
+    """The weight gradient of a collapsed kernel: every tap gets scale * tap.
+
+    Args:
+        tap: contiguous CPU float32 / float64 tensor of C_out * C_in / G values, ordered as (C_out, C_in / G).
+        weight_shape: (C_out, C_in / G, kh, kw).
+        scale: factor applied to every value.
+
+    Returns:
+        Contiguous tensor of ``weight_shape``.
+    """
+    c_out, c_in_g, kh, kw = weight_shape
+    _check(usable(tap) and tap.is_contiguous() and tap.numel() == c_out * c_in_g,
+           f"repeat_taps needs {c_out * c_in_g} contiguous CPU float values, got {tuple(tap.shape)}")
+    out = torch.empty(weight_shape, dtype=tap.dtype)  # (C_out, C_in / G, kh, kw)
+    _kernels.repeat_taps(_DTYPES[tap.dtype], tap.data_ptr(), out.data_ptr(), c_out * c_in_g, kh * kw, float(scale),
+                         torch.get_num_threads())
+    return out

@@ -1,0 +1,141 @@
+"""The compiled passes (gradfilt/_kernels.cpp via gradfilt/_native.py) against plain torch, and
+the whole op with the kernels against the op on its pure-PyTorch fallback."""
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_functional import EXACT, GENERAL, make_case, ref_backward, run_filtered
+
+from gradfilt import _native, patch_sum
+
+needs_kernels = pytest.mark.skipif(not _native.available(), reason="gradfilt._kernels is not built")
+
+
+@pytest.fixture
+def fallback(monkeypatch):
+    """Run gradfilt.functional on its pure-PyTorch path."""
+    monkeypatch.setattr(_native, "_kernels", None)
+    assert not _native.usable(torch.zeros(1))
+
+
+def test_kernels_are_built_where_a_compiler_exists():
+    if _native.os.environ.get("GRADFILT_NO_KERNELS"):
+        pytest.skip("disabled by GRADFILT_NO_KERNELS")
+    if not (shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("no C++ compiler: the package runs on its pure-PyTorch path")
+    assert _native.available(), "the package build did not produce gradfilt._kernels (run `make setup` again)"
+
+
+def integer_map(shape, dtype, seed=0):
+    """Small integers: every sum order gives the exact same float result."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-8, 9, shape, generator=g).to(dtype)
+
+
+# (N, C, H, W, r, start, counts): anchored/divisible, partial last patches, r = 1, offsets into the padding
+SUMS = [
+    (2, 3, 8, 12, 2, (0, 0), (4, 6)),
+    (2, 3, 16, 8, 4, (0, 0), (4, 2)),
+    (3, 2, 14, 14, 4, (0, 0), (4, 4)),
+    (1, 2, 9, 7, 2, (0, 0), (5, 4)),
+    (2, 2, 10, 11, 3, (0, 0), (4, 4)),
+    (2, 2, 6, 5, 1, (0, 0), (6, 5)),
+    (1, 3, 5, 5, 8, (0, 0), (1, 1)),
+    (2, 2, 10, 9, 2, (1, 1), (4, 4)),  # valid 3x3 conv: samples start at pixel 1
+    (2, 2, 7, 8, 2, (-1, 2), (5, 3)),  # patches reaching into the zero padding
+]
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,c,h,w,r,start,counts", SUMS)
+def test_patch_sums_match_torch(n, c, h, w, r, start, counts, dtype):
+    x = integer_map((n, c, h, w), dtype)
+    pads = [-start[1], start[1] + counts[1] * r - w, -start[0], start[0] + counts[0] * r - h]
+    expected = patch_sum(F.pad(x, pads), r).transpose(0, 1)  # (C, N, nh, nw)
+    out = _native.patch_sums(x, r, start, counts)
+    assert out.shape == (c, n, *counts) and out.is_contiguous()
+    assert torch.equal(out, expected)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "channel-major", "channels-last"])
+@pytest.mark.parametrize("h,w,r,uniform", [(8, 12, 2, True), (14, 14, 4, True), (9, 7, 3, True), (7, 6, 2, False),
+                                           (6, 10, 5, True)])
+def test_spread_matches_gather(h, w, r, uniform, layout, dtype):
+    n, c = 2, 3
+    hp, wp = -(-h // r), -(-w // r)
+    grid = integer_map((n, c, hp, wp), dtype)
+    if layout == "channel-major":
+        grid = grid.transpose(0, 1).contiguous().transpose(0, 1)
+    elif layout == "channels-last":
+        grid = grid.contiguous(memory_format=torch.channels_last)
+    index_h = torch.arange(h) // r
+    index_w = torch.arange(w) // r if uniform else torch.randperm(w, generator=torch.Generator().manual_seed(1)) % wp
+    out = _native.spread(grid, index_h, index_w, r if uniform else None)
+    assert out.is_contiguous()
+    assert torch.equal(out, grid[:, :, index_h[:, None], index_w[None, :]])
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernel_sums_and_repeat_taps(dtype):
+    w = integer_map((6, 4, 3, 5), dtype)
+    assert torch.equal(_native.kernel_sums(w, 0.25), w.sum((2, 3)) * 0.25)
+    tap = integer_map((6, 4), dtype, seed=1)
+    out = _native.repeat_taps(tap, w.shape, 0.5)
+    assert torch.equal(out, (tap * 0.5)[:, :, None, None].expand(w.shape))
+
+
+@needs_kernels
+def test_bad_arguments_are_refused():
+    x = torch.zeros(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="contiguous"):
+        _native.patch_sums(x.transpose(2, 3), 2, (0, 0), (2, 2))
+    with pytest.raises(ValueError, match="float"):
+        _native.patch_sums(x.half(), 2, (0, 0), (2, 2))
+    grid = torch.zeros(2, 3, 2, 2)
+    with pytest.raises(ValueError, match=r"index_h must lie in \[0, 2\)"):
+        _native.spread(grid, torch.tensor([0, 2]), torch.tensor([0, 1]), None)
+    with pytest.raises(ValueError, match="int64"):
+        _native.spread(grid, torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0, 1]), None)
+    with pytest.raises(ValueError, match="do not fit"):
+        _native.spread(grid, torch.tensor([0, 1]), torch.tensor([0, 0, 1, 1, 1]), 2)
+    with pytest.raises(ValueError, match="values"):
+        _native.repeat_taps(torch.zeros(5), torch.Size((2, 3, 3, 3)), 1.0)
+
+
+def run_case(case, dtype=torch.float64):
+    n, c_in, c_out, size, kernel, stride, padding, dilation, groups, bias, r = case
+    x, w, b, gy = make_case(n, c_in, c_out, size, kernel, stride, padding, dilation, groups, bias, dtype=dtype)
+    return x, w, b, gy, run_filtered(x, w, b, gy, stride, padding, dilation, groups, r)
+
+
+ALL = {**GENERAL, **EXACT}
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ALL.values(), ids=ALL.keys())
+def test_op_equals_its_fallback(case, dtype, monkeypatch):
+    *_, native = run_case(case, dtype)
+    monkeypatch.setattr(_native, "_kernels", None)
+    *_, plain = run_case(case, dtype)
+    for a, b in zip(native, plain):
+        if a is not None:
+            tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize("case", GENERAL.values(), ids=GENERAL.keys())
+def test_fallback_matches_slow_reference(case, fallback):
+    n, c_in, c_out, size, kernel, stride, padding, dilation, groups, bias, r = case
+    x, w, b, gy, (y, gx, gw, gb) = run_case(case)
+    ref_gx, ref_gw = ref_backward(x, w, gy, stride, padding, dilation, groups, r)
+    torch.testing.assert_close(gx, ref_gx)
+    torch.testing.assert_close(gw, ref_gw)
+    if bias:
+        torch.testing.assert_close(gb, gy.sum((0, 2, 3)))
