@@ -17,10 +17,10 @@
 //       w in [col_start + pw * r, col_start + (pw + 1) * r), both clipped to the map
 //       (pixels outside it are zero padding).
 //
-// spread(dtype, src, dst, planes, C, H, W, src_sn, src_sc, src_row, src_col, index_h, index_w, r, threads)
-//   dst: contiguous (N, C, H, W). dst[n, c, h, w] =
-//     src[n * src_sn + c * src_sc + index_h[h] * src_row + index_w[w] * src_col] (int64 index arrays).
-//     r > 0 promises index_w[w] == w / r for every w (widening without a gather).
+// spread(dtype, src, dst, planes, C, H, W, src_sn, src_sc, row_off, col_off, r, col, threads)
+//   dst: contiguous (N, C, H, W). dst[n, c, h, w] = src[n * src_sn + c * src_sc + row_off[h] + col_off[w]]
+//     (int64 element offsets: a pixel's patch, and its stride phase for strided convs).
+//     r > 0 promises col_off[w] == (w / r) * col for every w (widening without a gather).
 //
 // tap_sums(dtype, w, theta, elements, taps, scale, threads)
 //   w: contiguous (elements, taps); theta[e] = scale * sum_k w[e, k].
@@ -155,26 +155,23 @@ void patch_sums(const T* src, T* dst, const PatchSumArgs& a) {
     patch_sums_with<T, 0>(src, dst, a, anchored);
 }
 
-// row[0 : W) = g[(w / r) * col] (r > 0) or g[index_w[w] * col] (r == 0, general gather).
+// row[0 : W) = g[col_off[w]]; R > 0 promises col_off[w] == (w / R) * col (widening without a gather).
 template <typename T, int R>
-inline void widen_row(const T* __restrict g, Index col, T* __restrict row, Index W, Index r, const int64_t* index_w) {
-  if constexpr (R == 2 || R == 4) {
+inline void widen_row(const T* __restrict g, T* __restrict row, Index W, Index col, const int64_t* col_off) {
+  if constexpr (R > 0) {
     const Index whole = W / R;
     for (Index w = 0; w < whole; ++w)
       for (int i = 0; i < R; ++i) row[R * w + i] = g[w * col];
     for (Index w = R * whole; w < W; ++w) row[w] = g[whole * col];
   } else {
-    if (r > 0)
-      for (Index w = 0; w < W; ++w) row[w] = g[(w / r) * col];
-    else
-      for (Index w = 0; w < W; ++w) row[w] = g[index_w[w] * col];
+    for (Index w = 0; w < W; ++w) row[w] = g[col_off[w]];
   }
 }
 
 struct SpreadArgs {
-  Index planes, C, H, W, src_sn, src_sc, src_row, src_col, r;
-  const int64_t* index_h;
-  const int64_t* index_w;
+  Index planes, C, H, W, src_sn, src_sc, r, col;
+  const int64_t* row_off;
+  const int64_t* col_off;
   int threads;
 };
 
@@ -186,10 +183,10 @@ void spread_with(const T* src, T* dst, const SpreadArgs& a) {
     T* plane = dst + p * a.H * a.W;
     for (Index h = 0; h < a.H; ++h) {
       T* row = plane + h * a.W;
-      if (h > 0 && a.index_h[h] == a.index_h[h - 1])  // same patch row: copy the row above
+      if (h > 0 && a.row_off[h] == a.row_off[h - 1])  // same source row: copy the row above
         std::memcpy(row, row - a.W, sizeof(T) * a.W);
       else
-        widen_row<T, R>(grid + a.index_h[h] * a.src_row, a.src_col, row, a.W, a.r, a.index_w);
+        widen_row<T, R>(grid + a.row_off[h], row, a.W, a.col, a.col_off);
     }
   }
 }
@@ -261,17 +258,17 @@ PyObject* py_patch_sums(PyObject*, PyObject* args) {
 
 PyObject* py_spread(PyObject*, PyObject* args) {
   int dtype;
-  unsigned long long src, dst, index_h, index_w;
+  unsigned long long src, dst, row_off, col_off;
   SpreadArgs a;
-  if (!PyArg_ParseTuple(args, "iKKnnnnnnnnKKni", &dtype, &src, &dst, &a.planes, &a.C, &a.H, &a.W, &a.src_sn,
-                        &a.src_sc, &a.src_row, &a.src_col, &index_h, &index_w, &a.r, &a.threads))
+  if (!PyArg_ParseTuple(args, "iKKnnnnnnKKnni", &dtype, &src, &dst, &a.planes, &a.C, &a.H, &a.W, &a.src_sn,
+                        &a.src_sc, &row_off, &col_off, &a.r, &a.col, &a.threads))
     return nullptr;
   if (!valid(dtype, a.C, a.threads) || a.r < 0) {
     PyErr_SetString(PyExc_ValueError, "spread: need dtype 0 or 1, C >= 1, threads >= 1 and r >= 0");
     return nullptr;
   }
-  a.index_h = ptr<const int64_t>(index_h);
-  a.index_w = ptr<const int64_t>(index_w);
+  a.row_off = ptr<const int64_t>(row_off);
+  a.col_off = ptr<const int64_t>(col_off);
   Py_BEGIN_ALLOW_THREADS;
   if (dtype == 0)
     spread(ptr<const float>(src), ptr<float>(dst), a);

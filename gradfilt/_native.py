@@ -67,32 +67,40 @@ def patch_sums(x: Tensor, patch_size: int, start: tuple[int, int], counts: tuple
     return out
 
 
-def spread(grid: Tensor, index_h: Tensor, index_w: Tensor, patch_size: Optional[int]) -> Tensor:
-    """out[n, c, h, w] = grid[n, c, index_h[h], index_w[w]]: every pixel takes its patch's value.
+def spread(grid: Tensor, row_offsets: Tensor, col_offsets: Tensor, widen: Optional[tuple[int, int]]) -> Tensor:
+    """out[n, c, h, w] = grid's element at n * grid.stride(0) + c * grid.stride(1) + row_offsets[h] + col_offsets[w].
+
+    Every pixel takes the value of its patch (and, for a strided conv, of its stride phase);
+    the offsets say where that value lies relative to the (n, c) plane of the grid.
 
     Args:
-        grid: (N, C, Hp, Wp) CPU float32 / float64 tensor, any strides (channel-major or channels-last views).
-        index_h: int64 (H,) patch row of every output row, in [0, Hp).
-        index_w: int64 (W,) patch column of every output column, in [0, Wp).
-        patch_size: r when index_w[w] == w // r for every w (a faster widening), else None.
+        grid: CPU float32 / float64 tensor whose first two dims are (N, C); any further dims and strides.
+        row_offsets: int64 (H,) element offset of every output row's values, >= 0.
+        col_offsets: int64 (W,) element offset of every output column's value, >= 0.
+        widen: (r, step) when col_offsets[w] == (w // r) * step for every w (a faster widening), else None.
 
     Returns:
         Contiguous (N, C, H, W).
     """
-    _check(usable(grid) and grid.dim() == 4 and min(grid.stride()) >= 0, "spread needs a 4-D CPU float grid")
-    n, c, hp, wp = grid.shape
-    for index, size, name in ((index_h, hp, "index_h"), (index_w, wp, "index_w")):
-        _check(index.dtype == torch.int64 and index.dim() == 1 and index.is_contiguous() and index.device.type == "cpu",
-               f"{name} must be a contiguous 1-D int64 CPU tensor")
-        _check(index.numel() == 0 or (0 <= int(index.min()) and int(index.max()) < size),
-               f"{name} must lie in [0, {size})")
-    h, w = index_h.numel(), index_w.numel()
-    if patch_size is not None:
-        _check(w == 0 or (w - 1) // patch_size < wp, f"{w} columns do not fit {wp} patches of {patch_size}")
+    _check(usable(grid) and grid.dim() >= 2 and min(grid.stride()[:2]) >= 0, "spread needs a CPU float grid (N, C, ...)")
+    for offsets, name in ((row_offsets, "row_offsets"), (col_offsets, "col_offsets")):
+        _check(offsets.dtype == torch.int64 and offsets.dim() == 1 and offsets.is_contiguous()
+               and offsets.device.type == "cpu", f"{name} must be a contiguous 1-D int64 CPU tensor")
+    n, c = grid.shape[:2]
+    h, w = row_offsets.numel(), col_offsets.numel()
     out = torch.empty(n, c, h, w, dtype=grid.dtype)  # (N, C, H, W)
-    if out.numel():
-        _kernels.spread(_DTYPES[grid.dtype], grid.data_ptr(), out.data_ptr(), n * c, c, h, w, *grid.stride(),
-                        index_h.data_ptr(), index_w.data_ptr(), patch_size or 0, torch.get_num_threads())
+    if out.numel() == 0:
+        return out
+    lowest = int(row_offsets.min()) + int(col_offsets.min())
+    reach = (n - 1) * grid.stride(0) + (c - 1) * grid.stride(1) + int(row_offsets.max()) + int(col_offsets.max())
+    available = grid.untyped_storage().nbytes() // grid.element_size() - grid.storage_offset()
+    _check(lowest >= 0 and reach < available, f"spread offsets reach elements [{lowest}, {reach}] outside the grid's "
+                                               f"{available} elements")
+    r, step = widen or (0, 0)
+    if widen is not None:
+        _check(r >= 1 and torch.equal(col_offsets, torch.arange(w) // r * step), f"col_offsets are not (w // {r}) * {step}")
+    _kernels.spread(_DTYPES[grid.dtype], grid.data_ptr(), out.data_ptr(), n * c, c, h, w, grid.stride(0),
+                    grid.stride(1), row_offsets.data_ptr(), col_offsets.data_ptr(), r, step, torch.get_num_threads())
     return out
 
 

@@ -255,6 +255,7 @@ def _pad_to_needed(x_sum: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
 
 _SMALL_BYTES = 16 * 2**20  # below glibc's mmap threshold: reused heap memory, no fresh page faults
 _LARGE_BYTES = 64 * 2**20  # grad_x maps above this (rows >= 64): F.interpolate's kernel beats the tiled copy
+_TINY = 4  # groups with at most this many (C_out / G) x (C_in / G) pairs skip bmm (it loops over groups on CPU)
 
 
 def _fast_patch_sum(x: Tensor, r: int) -> Tensor:
@@ -268,9 +269,9 @@ def _fast_patch_sum(x: Tensor, r: int) -> Tensor:
     return out
 
 
-def _stride1_path(axes: tuple[_Axis, _Axis]) -> bool:
-    """Both axes collapse at stride 1 (3x3 "same", 1x1, depthwise ...): the channel-major fast path."""
-    return all(ax.mode == "collapse" and ax.stride == 1 for ax in axes)
+def _collapse_path(axes: tuple[_Axis, _Axis]) -> bool:
+    """Both axes collapse (3x3 "same", 1x1 and depthwise convs at any stride ...): the channel-major fast path."""
+    return all(ax.mode == "collapse" for ax in axes)
 
 
 def _channel_major_sums(x: Tensor, r: int, start: tuple[int, int], counts: tuple[int, int]) -> Tensor:
@@ -292,21 +293,35 @@ def _channel_major_sums(x: Tensor, r: int, start: tuple[int, int], counts: tuple
 
 @functools.lru_cache(maxsize=256)
 def _spread_index(ax: _Axis, device: torch.device) -> Tensor:
-    return ax.gather_index(device)
+    return ax.gather_index(device)  # phase * n_patches + patch, per input pixel
+
+
+@functools.lru_cache(maxsize=256)
+def _spread_offsets(ax: _Axis, phase_step: int, patch_step: int, device: torch.device) -> Tensor:
+    """Element offset of every input pixel's value along one axis of a (phases, patches) grid with these strides."""
+    index = _spread_index(ax, device)
+    return index // ax.n_patches * phase_step + index % ax.n_patches * patch_step
 
 
 def _spread(grid: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
-    """(N, C, Hp, Wp) patch values (any strides) -> (N, C, H_in, W_in), every pixel taking its patch's value (stride 1)."""
+    """(N, C, Ph, Hp, Pw, Wp) values per stride phase and patch (any strides) -> (N, C, H_in, W_in).
+
+    Every input pixel takes the value of its stride phase (the kernel taps that reach it) at its patch.
+    """
     ax_h, ax_w = axes
-    idx_h, idx_w = _spread_index(ax_h, grid.device), _spread_index(ax_w, grid.device)
-    # pixel a belongs to patch a // r when the samples start at pixel 0 and no pixel lies past the last patch
-    uniform = ax_w.offset == 0 and (ax_w.size_in - 1) // ax_w.patch < ax_w.n_patches
+    # stride 1, samples from pixel 0, no pixel past the last patch: column w takes patch w // r
+    uniform = ax_w.stride == 1 and ax_w.offset == 0 and (ax_w.size_in - 1) // ax_w.patch < ax_w.n_patches
     if _native.usable(grid):
-        return _native.spread(grid, idx_h, idx_w, ax_w.patch if uniform else None)
-    grid = grid.contiguous()  # (N, C, Hp, Wp), so that every path below returns a contiguous map
-    n, c, hp, wp = grid.shape
+        steps = grid.stride()
+        rows = _spread_offsets(ax_h, steps[2], steps[3], grid.device)
+        cols = _spread_offsets(ax_w, steps[4], steps[5], grid.device)
+        return _native.spread(grid, rows, cols, (ax_w.patch, steps[5]) if uniform else None)
+    n, c = grid.shape[:2]
+    grid = grid.reshape(n, c, grid.shape[2] * grid.shape[3], -1).contiguous()  # (N, C, Ph * Hp, Pw * Wp)
+    idx_h, idx_w = _spread_index(ax_h, grid.device), _spread_index(ax_w, grid.device)
+    hp, wp = grid.shape[2:]
     r = ax_h.patch
-    if ax_h.offset == ax_w.offset == 0 and (ax_h.size_in, ax_w.size_in) == (hp * r, wp * r):
+    if ax_h.stride == 1 and uniform and ax_h.offset == 0 and (ax_h.size_in, ax_w.size_in) == (hp * r, wp * r):
         # nearest upsampling's kernel wins on large maps with long rows (it is slow on short ones)
         if wp * r >= 64 and grid.numel() * r * r * grid.element_size() > _LARGE_BYTES:
             return F.interpolate(grid, scale_factor=r, mode="nearest")  # (N, C, H, W)
@@ -315,7 +330,7 @@ def _spread(grid: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
         out = torch.empty(n, c, hp * r, wp * r, dtype=grid.dtype, device=grid.device)
         out.view(n, c, hp, r, wp * r).copy_(rows.expand(n, c, hp, r, wp * r))  # (N, C, H, W), one full write
         return out
-    if uniform:  # partial last patches: repeat rows by index, then widen and crop
+    if uniform:  # partial last patches or strided rows: pick rows by index, then widen and crop
         rows = grid.index_select(2, idx_h)  # (N, C, H, Wp)
         wide = rows[:, :, :, :, None].expand(n, c, ax_h.size_in, wp, r).reshape(n, c, ax_h.size_in, wp * r)
         return wide[:, :, :, : ax_w.size_in]  # (N, C, H, W) view, one full write
@@ -323,9 +338,11 @@ def _spread(grid: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
 
 
 def _input_sums(x: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
-    """x~ as saved by forward: channel-major (C_in, N, nh, nw) on the stride-1 path, else (N, C_in, nh, nw)."""
-    if not _stride1_path(axes):
+    """x~ as saved by forward: channel-major (C_in, N, nh, nw) on the collapse path, else (N, C_in, nh, nw)."""
+    if not _collapse_path(axes):
         return _sample_patch_sums(x, axes)
+    if any(ax.stride > 1 for ax in axes):
+        return _sample_patch_sums(x, axes).transpose(0, 1).contiguous()  # (C_in, N, nh, nw)
     # stride 1: sample t of a patch row is pixel t + offset; patches past the map's edge hold zeros
     return _channel_major_sums(x, axes[0].patch, (axes[0].offset, axes[1].offset),
                                (axes[0].n_patches, axes[1].n_patches))
@@ -334,13 +351,14 @@ def _input_sums(x: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
 def _collapse_backward(grad_y: Tensor, x_sum: Optional[Tensor], weight: Optional[Tensor], axes: tuple[_Axis, _Axis],
                        groups: int, x_shape: torch.Size, weight_shape: torch.Size, need_x: bool, need_w: bool,
                        need_b: bool):
-    """Backward when both axes collapse at stride 1 (3x3 "same" convs, 1x1 convs, depthwise ...).
+    """Backward when both axes collapse (3x3 "same", 1x1 and depthwise convs, at any stride).
 
-    Every kernel collapses to one tap, so with the B = N * Hp * Wp patches of the batch as
-    columns (channel-major, g~y as G: (C_out, B), x~ as X: (C_in, B)): grad_w[co, ci, :, :] =
-    (G X^T)[co, ci] and grad_x~ = theta~^T G (computed as G^T theta~, (B, C_in)), theta~ = the
-    kernel's spatial sum, one GEMM each per group. g_y is read once (patch sums) and grad_x
-    written once (every pixel takes its patch's value of grad_x~).
+    Every kernel collapses to one tap per stride phase, so with the B = N * Hp * Wp patches of
+    the batch as columns (channel-major, g~y as G: (C_out, B), x~ as X: (C_in, B)):
+    grad_w[co, ci, :, :] = (G X^T)[co, ci], and grad_x~ = theta~^T G per phase pair, theta~ =
+    the sum of the kernel taps that reach that phase (the whole kernel at stride 1); one GEMM
+    each per group (without groups computed as G^T theta~, all phases at once). g_y is read
+    once (patch sums) and grad_x written once (every pixel takes its phase's value at its patch).
     """
     n, c_out, h_out, w_out = grad_y.shape
     r = axes[0].patch
@@ -356,22 +374,39 @@ def _collapse_backward(grad_y: Tensor, x_sum: Optional[Tensor], weight: Optional
     grad_x = grad_w = None
     if need_w:
         xs = x_sum.view(groups, c_in_g, n * hp * wp)  # (G, C_in / G, B)
-        grad_tap = torch.bmm(g, xs.transpose(1, 2)) if groups > 1 else torch.mm(g[0], xs[0].T)  # (C_out / G, C_in / G)
+        if groups == 1:
+            grad_tap = torch.mm(g[0], xs[0].T)  # (C_out, C_in)
+        elif c_out_g * c_in_g <= _TINY:  # depthwise: broadcast products, not one tiny GEMM per group
+            grad_tap = (g[:, :, None, :] * xs[:, None, :, :]).sum(3)  # (G, C_out / G, C_in / G)
+        else:
+            grad_tap = torch.bmm(g, xs.transpose(1, 2))  # (G, C_out / G, C_in / G)
         if _native.usable(grad_tap):
             grad_w = _native.repeat_taps(grad_tap, weight_shape, scale)
         else:
             grad_w = grad_tap.mul(scale).reshape(weight_shape[0], c_in_g, 1, 1).expand(weight_shape).contiguous()
     if need_x:
+        phases = (axes[0].n_phases, axes[1].n_phases)
         weight = weight.contiguous()
-        if _native.usable(weight):
-            theta = _native.kernel_sums(weight, scale)
+        if phases != (1, 1):  # theta~ per stride phase pair: the taps that reach pixels of that phase
+            tap_h, tap_w = axes[0].tap_matrix(weight)[:, 0], axes[1].tap_matrix(weight)[:, 0]  # (Ph, kh), (Pw, kw)
+            theta = torch.einsum("au,bv,ocuv->aboc", tap_h, tap_w, weight).mul_(scale)  # (Ph, Pw, C_out, C_in / G)
+        elif _native.usable(weight):
+            theta = _native.kernel_sums(weight, scale).view(1, 1, c_out, c_in_g)
         else:
-            theta = weight.sum((2, 3)).mul_(scale)  # (C_out, C_in / G) kernel sums
-        if groups == 1:  # G^T theta~: MKL is faster with the batch on the long side
-            grid = torch.mm(g[0].T, theta).view(n, hp, wp, -1).permute(0, 3, 1, 2)  # (N, C_in, Hp, Wp) view
+            theta = weight.sum((2, 3)).mul_(scale).view(1, 1, c_out, c_in_g)  # (1, 1, C_out, C_in / G) kernel sums
+        n_ph = phases[0] * phases[1]
+        if groups == 1:  # as G^T theta~, (B, Ph * Pw * C_in): MKL is up to 3x faster this way round for few channels
+            theta_all = theta.permute(2, 0, 1, 3).reshape(c_out, n_ph * c_in_g)  # (C_out, (Ph, Pw, C_in))
+            grid = torch.mm(g[0].T, theta_all).view(n, hp, wp, *phases, c_in_g)  # (N, Hp, Wp, Ph, Pw, C_in)
+            grid = grid.permute(0, 5, 3, 1, 4, 2)  # (N, C_in, Ph, Hp, Pw, Wp) view
         else:
-            theta_t = theta.view(groups, c_out_g, c_in_g).transpose(1, 2)  # (G, C_in / G, C_out / G)
-            grid = torch.bmm(theta_t, g).view(-1, n, hp, wp).transpose(0, 1)  # (N, C_in, Hp, Wp) view
+            theta_t = theta.view(*phases, groups, c_out_g, c_in_g).permute(2, 4, 0, 1, 3)  # (G, C_in/G, Ph, Pw, C_out/G)
+            theta_t = theta_t.reshape(groups, c_in_g * n_ph, c_out_g)
+            if c_out_g * c_in_g <= _TINY:
+                grid = (theta_t[:, :, :, None] * g[:, None, :, :]).sum(2)  # (G, (C_in / G, Ph, Pw), B)
+            else:
+                grid = torch.bmm(theta_t, g)  # (G, (C_in / G, Ph, Pw), B)
+            grid = grid.view(x_shape[1], *phases, n, hp, wp).permute(3, 0, 1, 4, 2, 5)  # (N, C_in, Ph, Hp, Pw, Wp)
         grad_x = _spread(grid, axes)  # (N, C_in, H, W)
     return grad_x, grad_w, grad_b
 
@@ -407,7 +442,7 @@ class _FilteredConv2dFn(torch.autograd.Function):
         x_sum, weight = ctx.saved_tensors
         ax_h, ax_w = ctx.axes
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        if _stride1_path(ctx.axes):
+        if _collapse_path(ctx.axes):
             grads = _collapse_backward(grad_y, x_sum, weight, ctx.axes, ctx.groups, ctx.x_shape, ctx.weight_shape,
                                        need_x, need_w, need_b)
             return (*grads, None, None, None, None, None, None)

@@ -1,7 +1,7 @@
 """``python -m latency``: the filtered conv backward against torch's, and whole fine-tuning steps.
 
     python -m latency [--device cpu|cuda] [--batch 32] [--cases table10|resnet18|mobilenet_v2|FILE ...]
-                      [--patch-sizes 2 4] [--repeats N] [--out DIR]
+                      [--patch-sizes 2 4] [--repeats N] [--min-time S] [--out DIR]
     python -m latency --mode step [--archs mobilenet_v2 resnet18] [--layers 2 4] [--patch-sizes 2 4]
 
 A FILE case list is a CSV with columns name,c_in,c_out,h,w[,kernel,stride,padding,dilation,groups].
@@ -20,6 +20,8 @@ from typing import Optional, Sequence
 
 import torch
 from tqdm import tqdm
+
+from gradfilt import _native
 
 from .bench import ConvCase, bench_case, bench_step, model_cases, table10_cases, write_csv
 
@@ -43,19 +45,19 @@ def _kb(nbytes: float) -> str:
 
 def conv_markdown(rows: list[dict]) -> str:
     """Markdown table of conv rows plus per-patch-size medians."""
-    lines = ["| case | r | torch ms | filtered ms | speedup | copy bound | of bound | saved KB torch | saved KB filt | "
-             "mem ratio | FLOPs ratio |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| case | r | torch ms | filtered ms | speedup | GEMM ms | copy ms | floor | of floor | saved KB torch | "
+             "saved KB filt | mem ratio | FLOPs ratio |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['case']} | {r['patch_size']} | {r['torch_ms']:.1f} | {r['filtered_ms']:.2f} | "
-                     f"{r['speedup']:.1f}x | {r['copy_bound_speedup']:.0f}x | "
-                     f"{100 * r['speedup'] / r['copy_bound_speedup']:.0f}% | {_kb(r['torch_saved_bytes'])} | "
+                     f"{r['speedup']:.1f}x | {r['gemm_ms']:.2f} | {r['copy_ms']:.2f} | {r['floor_speedup']:.1f}x | "
+                     f"{100 * r['speedup'] / r['floor_speedup']:.0f}% | {_kb(r['torch_saved_bytes'])} | "
                      f"{_kb(r['filtered_saved_bytes'])} | {r['memory_ratio']:.4f} | {r['flops_ratio']:.0f}x |")
     lines.append("")
     for size in sorted({r["patch_size"] for r in rows}):
         sub = [r for r in rows if r["patch_size"] == size]
         lines.append(f"R{size}: median speedup {statistics.median(r['speedup'] for r in sub):.1f}x "
                      f"(min {min(r['speedup'] for r in sub):.1f}x, max {max(r['speedup'] for r in sub):.1f}x), "
-                     f"median copy bound {statistics.median(r['copy_bound_speedup'] for r in sub):.0f}x, "
+                     f"median floor {statistics.median(r['floor_speedup'] for r in sub):.1f}x, "
                      f"median memory ratio {statistics.median(r['memory_ratio'] for r in sub):.4f}")
     return "\n".join(lines)
 
@@ -110,7 +112,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--cases", nargs="+", default=["table10", "resnet18", "mobilenet_v2"],
                         help=f"case sets ({', '.join(CASE_SETS)}) or CSV files")
     parser.add_argument("--patch-sizes", type=int, nargs="+", default=[2, 4])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement, at least")
+    parser.add_argument("--min-time", type=float, default=1.0,
+                        help="--mode conv: seconds of timed calls per measurement, at least (steadier fast cases)")
     parser.add_argument("--archs", nargs="+", default=["mobilenet_v2", "resnet18"], help="--mode step networks")
     parser.add_argument("--layers", type=int, nargs="+", default=[2, 4], help="--mode step trainable layers")
     parser.add_argument("--image-size", type=int, default=224, help="--mode step input size")
@@ -120,9 +124,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--device cuda: no CUDA GPU is visible to torch on this machine")
     if min(args.patch_sizes) < 1 or args.batch < 1 or args.repeats < 1:
         parser.error("--patch-sizes, --batch and --repeats must be >= 1")
+    if args.min_time < 0:
+        parser.error("--min-time must be >= 0")
     device = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}", file=sys.stderr)
+    kernels = "compiled (gradfilt._kernels)" if _native.available() else "pure PyTorch (gradfilt._kernels not built)"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, CPU passes: {kernels}",
+          file=sys.stderr)
     if args.mode == "step":
         jobs = [(a, n, r) for a in args.archs for n in args.layers for r in [None, *args.patch_sizes]]
         rows = [bench_step(a, n, r, args.batch, args.image_size, device, args.repeats)
@@ -137,7 +145,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(str(err))
     rows = []
     for case in tqdm(cases, desc="cases"):
-        rows += bench_case(case, args.batch, args.patch_sizes, device, args.repeats)
+        rows += bench_case(case, args.batch, args.patch_sizes, device, args.repeats, args.min_time)
     write_csv(rows, args.out / "conv.csv")
     plot_conv(rows, args.out / "conv.png")
     print(conv_markdown(rows))

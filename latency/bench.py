@@ -6,7 +6,11 @@ the same process, after warm-up: the median and spread of
 * torch: ``aten.convolution_backward`` for grad_x and grad_w (oneDNN on CPU, cuDNN on CUDA);
 * filtered: the autograd backward of ``filtered_conv2d`` for grad_x and grad_w;
 * the copy bound: reading g_y once plus writing one g_x-sized map, the memory traffic no
-  filtered backward can avoid.
+  filtered backward can avoid;
+* the GEMM time: the two matrix products on the patch grid that the filtered backward of a
+  collapsed (stride-1) kernel cannot avoid (grad_w and grad_x~ over the batch's patches), run
+  by torch on random operands of the same shapes. GEMM + copy is the floor this implementation
+  could reach on this machine.
 
 It also reports the bytes each keeps for backward (saved tensors other than the weight) and
 the analytical FLOPs ratio from :mod:`gradfilt.cost`. ``--mode step`` times whole fine-tuning
@@ -26,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradfilt import FilteredConv2d, filtered_conv2d
+from gradfilt import FilteredConv2d, _native, filtered_conv2d
 from gradfilt.cost import conv_cost, measure
 from gradfilt.models import build_model
 from gradfilt.strategy import train_last_layers
@@ -84,12 +88,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_fn(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 2) -> list[float]:
-    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` calls (synchronized on CUDA)."""
+def time_fn(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 2,
+            min_time: float = 0.0) -> list[float]:
+    """Seconds of each timed call of ``fn`` after ``warmup`` calls (synchronized on CUDA).
+
+    Args:
+        fn: the work to time.
+        device: its device.
+        repeats: at least this many timed calls.
+        warmup: untimed calls first.
+        min_time: keep calling until the timed calls add up to this many seconds (at most 10,000
+            calls), so that fast cases get as steady a median as slow ones.
+    """
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
+    times: list[float] = []
+    while len(times) < repeats or (sum(times) < min_time and len(times) < 10_000):
         _sync(device)
         start = time.perf_counter()
         fn()
@@ -103,7 +117,7 @@ def _spread(times: list[float]) -> tuple[float, float, float]:
 
 
 def bench_case(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: torch.device,
-               repeats: int) -> list[dict]:
+               repeats: int, min_time: float = 0.0) -> list[dict]:
     """Rows (one per patch size) comparing torch's and the filtered conv backward on ``case``.
 
     Args:
@@ -111,7 +125,8 @@ def bench_case(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: t
         batch: images per step.
         patch_sizes: r values for the filtered side.
         device: where to run.
-        repeats: timed calls per measurement (after 2 warm-up calls).
+        repeats: timed calls per measurement (after 2 warm-up calls), at least.
+        min_time: seconds of timed calls per measurement, at least (see :func:`time_fn`).
     """
     gen = torch.Generator(device="cpu").manual_seed(0)
     conv = case.conv()
@@ -125,33 +140,53 @@ def bench_case(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: t
         torch.ops.aten.convolution_backward(grad_y, x, weight, None, list(conv.stride), list(conv.padding),
                                             list(conv.dilation), False, [0, 0], conv.groups, [True, True, False])
 
-    t_torch = _spread(time_fn(torch_backward, device, repeats))
+    t_torch = _spread(time_fn(torch_backward, device, repeats, min_time=min_time))
     mem_torch = measure(conv.to(device), x.detach())["total"]  # bytes autograd keeps, parameters excluded
     # the copy bound: read g_y once, write one g_x-sized map
-    t_read = time_fn(lambda: grad_y.sum(), device, repeats)
-    t_write = time_fn(lambda: torch.empty_like(x).fill_(0.0), device, repeats)
+    t_read = time_fn(lambda: grad_y.sum(), device, repeats, min_time=min_time)
+    t_write = time_fn(lambda: torch.empty_like(x).fill_(0.0), device, repeats, min_time=min_time)
     t_copy = statistics.median(t_read) + statistics.median(t_write)
     call = LayerCall(case.name, conv, (case.c_in, case.h, case.w), tuple(y.shape[1:]), False)
     flops_torch = conv_cost(call, None, True, batch)[0]
 
     rows = []
     for r in patch_sizes:
+        t_gemm = _gemm_time(case, batch, y.shape[2:], r, device, repeats, min_time)
         y_f = filtered_conv2d(x, weight, patch_size=r, **args)
         t_filt = _spread(time_fn(lambda: torch.autograd.grad(y_f, (x, weight), grad_y, retain_graph=True),
-                                 device, repeats))
+                                 device, repeats, min_time=min_time))
         mem_filt = measure(FilteredConv2d.from_conv(conv, r), x.detach())["total"]
         rows.append({
             "case": case.name, "batch": batch, "patch_size": r, "device": device.type,
+            "kernels": "compiled" if _native.usable(x) else "pytorch",
             "torch_ms": 1e3 * t_torch[0], "torch_min_ms": 1e3 * t_torch[1], "torch_max_ms": 1e3 * t_torch[2],
             "filtered_ms": 1e3 * t_filt[0], "filtered_min_ms": 1e3 * t_filt[1], "filtered_max_ms": 1e3 * t_filt[2],
             "copy_ms": 1e3 * t_copy,
             "speedup": t_torch[0] / t_filt[0],
             "copy_bound_speedup": t_torch[0] / t_copy,
+            "gemm_ms": 1e3 * t_gemm,
+            "floor_speedup": t_torch[0] / (t_gemm + t_copy),
             "torch_saved_bytes": mem_torch, "filtered_saved_bytes": mem_filt,
             "memory_ratio": mem_filt / mem_torch,
             "flops_ratio": flops_torch / conv_cost(call, r, True, batch)[0],
         })
     return rows
+
+
+def _gemm_time(case: ConvCase, batch: int, out_size: Sequence[int], patch_size: int, device: torch.device,
+               repeats: int, min_time: float) -> float:
+    """Median seconds of the two patch-grid GEMMs of a collapsed kernel (grad_w and grad_x~), per group."""
+    g, co, ci = case.groups, case.c_out // case.groups, case.c_in // case.groups
+    b = batch * -(-out_size[0] // patch_size) * -(-out_size[1] // patch_size)  # patches in the batch
+    grad = torch.randn(g, co, b, device=device)  # (G, C_out / G, B)
+    x_sum = torch.randn(g, ci, b, device=device)  # (G, C_in / G, B)
+    theta = torch.randn(g, co, ci, device=device)  # (G, C_out / G, C_in / G)
+
+    def gemms() -> None:
+        torch.bmm(grad, x_sum.transpose(1, 2))  # grad_w: (G, C_out / G, C_in / G)
+        torch.bmm(grad.transpose(1, 2), theta)  # grad_x~: (G, B, C_in / G)
+
+    return statistics.median(time_fn(gemms, device, repeats, min_time=min_time))
 
 
 def bench_step(arch: str, layers: int, patch_size: Optional[int], batch: int, image_size: int,

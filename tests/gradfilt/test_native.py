@@ -75,9 +75,24 @@ def test_spread_matches_gather(h, w, r, uniform, layout, dtype):
         grid = grid.contiguous(memory_format=torch.channels_last)
     index_h = torch.arange(h) // r
     index_w = torch.arange(w) // r if uniform else torch.randperm(w, generator=torch.Generator().manual_seed(1)) % wp
-    out = _native.spread(grid, index_h, index_w, r if uniform else None)
+    widen = (r, grid.stride(3)) if uniform else None
+    out = _native.spread(grid, index_h * grid.stride(2), index_w * grid.stride(3), widen)
     assert out.is_contiguous()
     assert torch.equal(out, grid[:, :, index_h[:, None], index_w[None, :]])
+
+
+@needs_kernels
+def test_spread_from_a_grid_per_stride_phase():
+    n, c, phases, hp, wp = 2, 3, (2, 3), 4, 5
+    grid = integer_map((n, c, phases[0], hp, phases[1], wp), torch.float32)
+    grid = grid.transpose(1, 3).contiguous().transpose(1, 3)  # a non-contiguous 6-D view
+    g = torch.Generator().manual_seed(2)
+    ph_h, pa_h = torch.randint(0, phases[0], (9,), generator=g), torch.randint(0, hp, (9,), generator=g)
+    ph_w, pa_w = torch.randint(0, phases[1], (11,), generator=g), torch.randint(0, wp, (11,), generator=g)
+    st = grid.stride()
+    out = _native.spread(grid, ph_h * st[2] + pa_h * st[3], ph_w * st[4] + pa_w * st[5], None)
+    expected = grid[:, :, ph_h[:, None], pa_h[:, None], ph_w[None, :], pa_w[None, :]]
+    assert torch.equal(out, expected)
 
 
 @needs_kernels
@@ -98,12 +113,14 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="float"):
         _native.patch_sums(x.half(), 2, (0, 0), (2, 2))
     grid = torch.zeros(2, 3, 2, 2)
-    with pytest.raises(ValueError, match=r"index_h must lie in \[0, 2\)"):
-        _native.spread(grid, torch.tensor([0, 2]), torch.tensor([0, 1]), None)
+    with pytest.raises(ValueError, match="outside the grid"):
+        _native.spread(grid, torch.tensor([0, 2]) * 2, torch.tensor([0, 1]), None)
+    with pytest.raises(ValueError, match="outside the grid"):
+        _native.spread(grid, torch.tensor([0, -2]), torch.tensor([0, 1]), None)
     with pytest.raises(ValueError, match="int64"):
         _native.spread(grid, torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0, 1]), None)
-    with pytest.raises(ValueError, match="do not fit"):
-        _native.spread(grid, torch.tensor([0, 1]), torch.tensor([0, 0, 1, 1, 1]), 2)
+    with pytest.raises(ValueError, match=r"col_offsets are not \(w // 2\) \* 1"):
+        _native.spread(grid, torch.tensor([0, 2]), torch.tensor([0, 1, 1, 1]), (2, 1))
     with pytest.raises(ValueError, match="values"):
         _native.repeat_taps(torch.zeros(5), torch.Size((2, 3, 3, 3)), 1.0)
 

@@ -1,12 +1,13 @@
 """The benchmark's bookkeeping (memory, FLOPs ratio, cases, CLI); no timing is asserted."""
 
 import csv
+import time
 
 import pytest
 import torch
 
 from latency.__main__ import main
-from latency.bench import ConvCase, bench_case, bench_step, model_cases, table10_cases
+from latency.bench import ConvCase, bench_case, bench_step, model_cases, table10_cases, time_fn
 
 
 def test_table10_cases_are_the_papers():
@@ -30,7 +31,8 @@ def test_bench_case_memory_and_flops_ratio():
     for row, (hp, wp) in zip(rows, [(6, 5), (3, 3)]):
         assert row["torch_saved_bytes"] == 2 * 8 * 12 * 10 * 4  # torch keeps the input
         assert row["filtered_saved_bytes"] == 2 * 8 * hp * wp * 4  # the patch sums only
-        assert row["flops_ratio"] > 1 and row["speedup"] > 0 and row["copy_ms"] > 0
+        assert row["flops_ratio"] > 1 and row["speedup"] > 0 and row["copy_ms"] > 0 and row["gemm_ms"] > 0
+        assert row["floor_speedup"] == pytest.approx(row["torch_ms"] / (row["gemm_ms"] + row["copy_ms"]))
     assert rows[1]["flops_ratio"] > rows[0]["flops_ratio"]
 
 
@@ -56,6 +58,7 @@ def test_step_mode_splits_the_step(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--cases", "vgg"], "unknown case set 'vgg': valid sets are"),
     (["--patch-sizes", "0"], "must be >= 1"),
+    (["--min-time", "-1"], "--min-time must be >= 0"),
 ])
 def test_cli_errors(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit):
@@ -68,3 +71,15 @@ def test_cuda_without_gpu(capsys):
     with pytest.raises(SystemExit):
         main(["--device", "cuda"])
     assert "no CUDA GPU is visible" in capsys.readouterr().err
+
+
+def test_time_fn_keeps_calling_until_min_time():
+    calls = []
+
+    def work():
+        calls.append(1)
+        time.sleep(0.002)
+
+    times = time_fn(work, torch.device("cpu"), repeats=2, warmup=1, min_time=0.03)
+    assert len(calls) == len(times) + 1 and len(times) >= 2 and sum(times) >= 0.03
+    assert len(time_fn(work, torch.device("cpu"), repeats=3, warmup=0)) == 3  # no min_time: exactly the repeats
