@@ -258,12 +258,15 @@ _LARGE_BYTES = 64 * 2**20  # grad_x maps above this (rows >= 64): F.interpolate'
 _TINY = 4  # groups with at most this many (C_out / G) x (C_in / G) pairs skip bmm (it loops over groups on CPU)
 
 
-def _fast_patch_sum(x: Tensor, r: int) -> Tensor:
-    """patch_sum for H and W divisible by r, as r + r strided adds (faster than avg_pool2d on CPU)."""
+def _fast_patch_sum(x: Tensor, r: int, out: Tensor) -> Tensor:
+    """patch_sum for H and W divisible by r into ``out`` (any strides), as r + r strided adds (faster than avg_pool2d)."""
     cols = x[..., 0::r] + x[..., 1::r] if r > 1 else x  # (N, C, H, W / r)
     for i in range(2, r):
         cols += x[..., i::r]
-    out = cols[:, :, 0::r] + cols[:, :, 1::r] if r > 1 else cols.clone()  # (N, C, H / r, W / r)
+    if r > 1:
+        torch.add(cols[:, :, 0::r], cols[:, :, 1::r], out=out)  # (N, C, H / r, W / r)
+    else:
+        out.copy_(cols)
     for i in range(2, r):
         out += cols[:, :, i::r]
     return out
@@ -282,12 +285,14 @@ def _channel_major_sums(x: Tensor, r: int, start: tuple[int, int], counts: tuple
     x = x.contiguous()
     if _native.usable(x):
         return _native.patch_sums(x, r, start, counts)
-    h, w = x.shape[2:]
+    n, c, h, w = x.shape
     pads = [-start[1], start[1] + counts[1] * r - w, -start[0], start[0] + counts[0] * r - h]
     if not any(pads) and x.numel() * x.element_size() // r <= _SMALL_BYTES:
-        sums = _fast_patch_sum(x, r)  # strided adds win while their (N, C, H, W / r) intermediate is small
-    else:
-        sums = patch_sum(F.pad(x, pads), r)  # negative pads crop, positive ones add zeros
+        # strided adds win while their (N, C, H, W / r) intermediate is small; the last ones write channel-major
+        out = torch.empty(c, n, *counts, dtype=x.dtype, device=x.device)  # (C, N, nh, nw)
+        _fast_patch_sum(x, r, out.transpose(0, 1))
+        return out
+    sums = patch_sum(F.pad(x, pads), r)  # negative pads crop, positive ones add zeros
     return sums.transpose(0, 1).contiguous()  # (C, N, nh, nw)
 
 
@@ -317,14 +322,14 @@ def _spread(grid: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
         cols = _spread_offsets(ax_w, steps[4], steps[5], grid.device)
         return _native.spread(grid, rows, cols, (ax_w.patch, steps[5]) if uniform else None)
     n, c = grid.shape[:2]
-    grid = grid.reshape(n, c, grid.shape[2] * grid.shape[3], -1).contiguous()  # (N, C, Ph * Hp, Pw * Wp)
+    grid = grid.reshape(n, c, grid.shape[2] * grid.shape[3], -1)  # (N, C, Ph * Hp, Pw * Wp), a view at stride 1
     idx_h, idx_w = _spread_index(ax_h, grid.device), _spread_index(ax_w, grid.device)
     hp, wp = grid.shape[2:]
     r = ax_h.patch
     if ax_h.stride == 1 and uniform and ax_h.offset == 0 and (ax_h.size_in, ax_w.size_in) == (hp * r, wp * r):
         # nearest upsampling's kernel wins on large maps with long rows (it is slow on short ones)
         if wp * r >= 64 and grid.numel() * r * r * grid.element_size() > _LARGE_BYTES:
-            return F.interpolate(grid, scale_factor=r, mode="nearest")  # (N, C, H, W)
+            return F.interpolate(grid.contiguous(), scale_factor=r, mode="nearest")  # (N, C, H, W), NCHW
         # small maps: widen each row once, then copy every row r times
         rows = grid[:, :, :, :, None].expand(n, c, hp, wp, r).reshape(n, c, hp, 1, wp * r)  # (N, C, Hp, 1, W)
         out = torch.empty(n, c, hp * r, wp * r, dtype=grid.dtype, device=grid.device)
@@ -395,14 +400,18 @@ def _collapse_backward(grad_y: Tensor, x_sum: Optional[Tensor], weight: Optional
         else:
             theta = weight.sum((2, 3)).mul_(scale).view(1, 1, c_out, c_in_g)  # (1, 1, C_out, C_in / G) kernel sums
         n_ph = phases[0] * phases[1]
-        if groups == 1:  # as G^T theta~, (B, Ph * Pw * C_in): MKL is up to 3x faster this way round for few channels
+        if groups == 1 and _native.usable(g):
+            # as G^T theta~, (B, Ph * Pw * C_in): MKL is up to 3x faster this way round for few channels, and the
+            # compiled spread reads the channels-last result in place
             theta_all = theta.permute(2, 0, 1, 3).reshape(c_out, n_ph * c_in_g)  # (C_out, (Ph, Pw, C_in))
             grid = torch.mm(g[0].T, theta_all).view(n, hp, wp, *phases, c_in_g)  # (N, Hp, Wp, Ph, Pw, C_in)
             grid = grid.permute(0, 5, 3, 1, 4, 2)  # (N, C_in, Ph, Hp, Pw, Wp) view
-        else:
+        else:  # channel-major, which torch's copies in the spread read row by row
             theta_t = theta.view(*phases, groups, c_out_g, c_in_g).permute(2, 4, 0, 1, 3)  # (G, C_in/G, Ph, Pw, C_out/G)
             theta_t = theta_t.reshape(groups, c_in_g * n_ph, c_out_g)
-            if c_out_g * c_in_g <= _TINY:
+            if groups == 1:
+                grid = torch.mm(theta_t[0], g[0])[None]  # (1, (C_in, Ph, Pw), B)
+            elif c_out_g * c_in_g <= _TINY:
                 grid = (theta_t[:, :, :, None] * g[:, None, :, :]).sum(2)  # (G, (C_in / G, Ph, Pw), B)
             else:
                 grid = torch.bmm(theta_t, g)  # (G, (C_in / G, Ph, Pw), B)

@@ -128,7 +128,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--min-time must be >= 0")
     device = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
-    kernels = "compiled (gradfilt._kernels)" if _native.available() else "pure PyTorch (gradfilt._kernels not built)"
+    kernels = ("compiled (gradfilt._kernels)" if _native.available()
+               else "pure PyTorch (gradfilt._kernels not built, or GRADFILT_NO_KERNELS set)")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, CPU passes: {kernels}",
           file=sys.stderr)
     if args.mode == "step":
