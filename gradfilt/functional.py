@@ -292,7 +292,10 @@ def _channel_major_sums(x: Tensor, r: int, start: tuple[int, int], counts: tuple
         out = torch.empty(c, n, *counts, dtype=x.dtype, device=x.device)  # (C, N, nh, nw)
         _fast_patch_sum(x, r, out.transpose(0, 1))
         return out
-    sums = patch_sum(F.pad(x, pads), r)  # negative pads crop, positive ones add zeros
+    if start == (0, 0) and counts == (-(-h // r), -(-w // r)):
+        sums = patch_sum(x, r)  # patches tile the map from (0, 0): avg_pool2d's ceil mode clips the last ones
+    else:
+        sums = patch_sum(F.pad(x, pads), r)  # negative pads crop, positive ones add zeros
     return sums.transpose(0, 1).contiguous()  # (C, N, nh, nw)
 
 

@@ -89,8 +89,11 @@ def plot_conv(rows: list[dict], path: Path) -> None:
         by_case = {r["case"]: r for r in rows if r["patch_size"] == size}
         xs = [j + (i - (len(sizes) - 1) / 2) * width for j in range(len(cases))]
         ax_s.bar(xs, [by_case[c]["speedup"] for c in cases], width, label=f"R{size}")
+        ax_s.scatter(xs, [by_case[c]["floor_speedup"] for c in cases], marker="_", s=200, color="black",
+                     label="floor (GEMM + copy)" if i == 0 else None, zorder=3)
         ax_m.bar(xs, [by_case[c]["memory_ratio"] for c in cases], width, label=f"R{size}")
     ax_s.set_yscale("log")
+    ax_s.set_ylim(bottom=1)
     ax_s.set_ylabel("backward speedup over torch")
     ax_m.set_yscale("log")
     ax_m.set_ylabel("saved memory / torch's")
