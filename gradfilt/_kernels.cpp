@@ -22,7 +22,7 @@
 //     (int64 element offsets: a pixel's patch, and its stride phase for strided convs).
 //     r > 0 promises col_off[w] == (w / r) * col for every w (widening without a gather).
 //
-// tap_sums(dtype, w, theta, elements, taps, scale, threads)
+// kernel_sums(dtype, w, theta, elements, taps, scale, threads)
 //   w: contiguous (elements, taps); theta[e] = scale * sum_k w[e, k].
 // repeat_taps(dtype, tap, w, elements, taps, scale, threads)
 //   tap: contiguous (elements,); w[e, k] = scale * tap[e] for every tap k.
@@ -210,7 +210,7 @@ struct TapArgs {
 };
 
 template <typename T>
-void tap_sums(const T* __restrict w, T* __restrict theta, const TapArgs& a) {
+void kernel_sums(const T* __restrict w, T* __restrict theta, const TapArgs& a) {
 #pragma omp parallel for num_threads(a.threads) schedule(static)
   for (Index e = 0; e < a.elements; ++e) {
     const T* k = w + e * a.taps;
@@ -301,7 +301,7 @@ PyObject* py_taps(PyObject*, PyObject* args) {
 PyMethodDef methods[] = {
     {"patch_sums", py_patch_sums, METH_VARARGS, "Patch sums of a contiguous (N, C, H, W) map (see the file header)."},
     {"spread", py_spread, METH_VARARGS, "Fill a contiguous (N, C, H, W) map from its patch grid (see the header)."},
-    {"tap_sums", py_taps<tap_sums<float>, tap_sums<double>>, METH_VARARGS,
+    {"kernel_sums", py_taps<kernel_sums<float>, kernel_sums<double>>, METH_VARARGS,
      "Scaled spatial sums of a conv kernel's taps (see the header)."},
     {"repeat_taps", py_taps<repeat_taps<float>, repeat_taps<double>>, METH_VARARGS,
      "Scaled values repeated over every kernel tap (see the header)."},

@@ -117,7 +117,7 @@ def kernel_sums(weight: Tensor, scale: float) -> Tensor:
     _check(usable(weight) and weight.dim() == 4 and weight.is_contiguous(), "kernel_sums needs a contiguous 4-D weight")
     c_out, c_in_g, kh, kw = weight.shape
     out = torch.empty(c_out, c_in_g, dtype=weight.dtype)  # (C_out, C_in / G)
-    _kernels.tap_sums(_DTYPES[weight.dtype], weight.data_ptr(), out.data_ptr(), c_out * c_in_g, kh * kw, float(scale),
+    _kernels.kernel_sums(_DTYPES[weight.dtype], weight.data_ptr(), out.data_ptr(), c_out * c_in_g, kh * kw, float(scale),
                       torch.get_num_threads())
     return out
 
