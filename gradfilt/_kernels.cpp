@@ -156,9 +156,14 @@ void patch_sums(const T* src, T* dst, const PatchSumArgs& a) {
 }
 
 // row[0 : W) = g[col_off[w]]; R > 0 promises col_off[w] == (w / R) * col (widening without a gather).
-template <typename T, int R>
+template <typename T, int R, bool UNIT>
 inline void widen_row(const T* __restrict g, T* __restrict row, Index W, Index col, const int64_t* col_off) {
-  if constexpr (R > 0) {
+  if constexpr (R > 0 && UNIT) {  // col == 1: contiguous values, the copies vectorize
+    const Index whole = W / R;
+    for (Index w = 0; w < whole; ++w)
+      for (int i = 0; i < R; ++i) row[R * w + i] = g[w];
+    for (Index w = R * whole; w < W; ++w) row[w] = g[whole];
+  } else if constexpr (R > 0) {
     const Index whole = W / R;
     for (Index w = 0; w < whole; ++w)
       for (int i = 0; i < R; ++i) row[R * w + i] = g[w * col];
@@ -175,30 +180,45 @@ struct SpreadArgs {
   int threads;
 };
 
-template <typename T, int R>
+// Rows with the same source row (the r rows of a patch; with a stride s, every s-th of them)
+// copy a row written before instead of widening again: same_as[h] is that row, or -1.
+constexpr Index kLookBack = 16;
+
+template <typename T, int R, bool UNIT>
 void spread_with(const T* src, T* dst, const SpreadArgs& a) {
+  std::vector<Index> same_as(a.H, -1);
+  for (Index h = 1; h < a.H; ++h)
+    for (Index j = h - 1; j >= std::max<Index>(0, h - kLookBack); --j)
+      if (a.row_off[j] == a.row_off[h]) {
+        same_as[h] = j;
+        break;
+      }
 #pragma omp parallel for num_threads(a.threads) schedule(static)
   for (Index p = 0; p < a.planes; ++p) {
     const T* grid = src + (p / a.C) * a.src_sn + (p % a.C) * a.src_sc;
     T* plane = dst + p * a.H * a.W;
     for (Index h = 0; h < a.H; ++h) {
       T* row = plane + h * a.W;
-      if (h > 0 && a.row_off[h] == a.row_off[h - 1])  // same source row: copy the row above
-        std::memcpy(row, row - a.W, sizeof(T) * a.W);
+      if (same_as[h] >= 0)
+        std::memcpy(row, plane + same_as[h] * a.W, sizeof(T) * a.W);
       else
-        widen_row<T, R>(grid + a.row_off[h], row, a.W, a.col, a.col_off);
+        widen_row<T, R, UNIT>(grid + a.row_off[h], row, a.W, a.col, a.col_off);
     }
   }
 }
 
 template <typename T>
 void spread(const T* src, T* dst, const SpreadArgs& a) {
-  if (a.r == 2)
-    spread_with<T, 2>(src, dst, a);
+  if (a.r == 2 && a.col == 1)
+    spread_with<T, 2, true>(src, dst, a);
+  else if (a.r == 4 && a.col == 1)
+    spread_with<T, 4, true>(src, dst, a);
+  else if (a.r == 2)
+    spread_with<T, 2, false>(src, dst, a);
   else if (a.r == 4)
-    spread_with<T, 4>(src, dst, a);
+    spread_with<T, 4, false>(src, dst, a);
   else
-    spread_with<T, 0>(src, dst, a);
+    spread_with<T, 0, false>(src, dst, a);
 }
 
 // Kernel taps: theta[e] = scale * sum_k w[e, k] (a kernel's spatial sum, e = (o, i)), and the

@@ -365,8 +365,9 @@ def _collapse_backward(grad_y: Tensor, x_sum: Optional[Tensor], weight: Optional
     the batch as columns (channel-major, g~y as G: (C_out, B), x~ as X: (C_in, B)):
     grad_w[co, ci, :, :] = (G X^T)[co, ci], and grad_x~ = theta~^T G per phase pair, theta~ =
     the sum of the kernel taps that reach that phase (the whole kernel at stride 1); one GEMM
-    each per group (without groups computed as G^T theta~, all phases at once). g_y is read
-    once (patch sums) and grad_x written once (every pixel takes its phase's value at its patch).
+    each per group, all phases at once, grad_x~ channel-major (C_in, B) so that the spread
+    widens contiguous grid rows. g_y is read once (patch sums) and grad_x written once (every
+    pixel takes its phase's value at its patch).
     """
     n, c_out, h_out, w_out = grad_y.shape
     r = axes[0].patch
@@ -403,22 +404,16 @@ def _collapse_backward(grad_y: Tensor, x_sum: Optional[Tensor], weight: Optional
         else:
             theta = weight.sum((2, 3)).mul_(scale).view(1, 1, c_out, c_in_g)  # (1, 1, C_out, C_in / G) kernel sums
         n_ph = phases[0] * phases[1]
-        if groups == 1 and _native.usable(g):
-            # as G^T theta~, (B, Ph * Pw * C_in): MKL is about 2x faster this way round for few channels, and the
-            # compiled spread reads the channels-last result in place
-            theta_all = theta.permute(2, 0, 1, 3).reshape(c_out, n_ph * c_in_g)  # (C_out, (Ph, Pw, C_in))
-            grid = torch.mm(g[0].T, theta_all).view(n, hp, wp, *phases, c_in_g)  # (N, Hp, Wp, Ph, Pw, C_in)
-            grid = grid.permute(0, 5, 3, 1, 4, 2)  # (N, C_in, Ph, Hp, Pw, Wp) view
-        else:  # channel-major, which torch's copies in the spread read row by row
-            theta_t = theta.view(*phases, groups, c_out_g, c_in_g).permute(2, 4, 0, 1, 3)  # (G, C_in/G, Ph, Pw, C_out/G)
-            theta_t = theta_t.reshape(groups, c_in_g * n_ph, c_out_g)
-            if groups == 1:
-                grid = torch.mm(theta_t[0], g[0])[None]  # (1, (C_in, Ph, Pw), B)
-            elif c_out_g * c_in_g <= _TINY:
-                grid = (theta_t[:, :, :, None] * g[:, None, :, :]).sum(2)  # (G, (C_in / G, Ph, Pw), B)
-            else:
-                grid = torch.bmm(theta_t, g)  # (G, (C_in / G, Ph, Pw), B)
-            grid = grid.view(x_shape[1], *phases, n, hp, wp).permute(3, 0, 1, 4, 2, 5)  # (N, C_in, Ph, Hp, Pw, Wp)
+        # channel-major grad_x~: its rows are the grid rows the spread widens (unit column stride)
+        theta_t = theta.view(*phases, groups, c_out_g, c_in_g).permute(2, 4, 0, 1, 3)  # (G, C_in/G, Ph, Pw, C_out/G)
+        theta_t = theta_t.reshape(groups, c_in_g * n_ph, c_out_g)
+        if groups == 1:
+            grid = torch.mm(theta_t[0], g[0])[None]  # (1, (C_in, Ph, Pw), B)
+        elif c_out_g * c_in_g <= _TINY:
+            grid = (theta_t[:, :, :, None] * g[:, None, :, :]).sum(2)  # (G, (C_in / G, Ph, Pw), B)
+        else:
+            grid = torch.bmm(theta_t, g)  # (G, (C_in / G, Ph, Pw), B)
+        grid = grid.view(x_shape[1], *phases, n, hp, wp).permute(3, 0, 1, 4, 2, 5)  # (N, C_in, Ph, Hp, Pw, Wp)
         grad_x = _spread(grid, axes)  # (N, C_in, H, W)
     return grad_x, grad_w, grad_b
 

@@ -1,7 +1,7 @@
 """``python -m latency``: the filtered conv backward against torch's, and whole fine-tuning steps.
 
     python -m latency [--device cpu|cuda] [--batch 32] [--cases table10|resnet18|mobilenet_v2|FILE ...]
-                      [--patch-sizes 2 4] [--repeats N] [--min-time S] [--out DIR]
+                      [--patch-sizes 2 4] [--repeats N] [--min-time S] [--malloc default|heap] [--out DIR]
     python -m latency --mode step [--archs mobilenet_v2 resnet18] [--layers 2 4] [--patch-sizes 2 4]
 
 A FILE case list is a CSV with columns name,c_in,c_out,h,w[,kernel,stride,padding,dilation,groups].
@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from gradfilt import _native
 
-from .bench import ConvCase, bench_case, bench_step, model_cases, table10_cases, write_csv
+from .bench import ConvCase, bench_case, bench_step, keep_freed_memory, model_cases, table10_cases, write_csv
 
 CASE_SETS = {"table10": table10_cases, "resnet18": lambda: model_cases("resnet18"),
              "mobilenet_v2": lambda: model_cases("mobilenet_v2")}
@@ -118,6 +118,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement, at least")
     parser.add_argument("--min-time", type=float, default=1.0,
                         help="--mode conv: seconds of timed calls per measurement, at least (steadier fast cases)")
+    parser.add_argument("--malloc", choices=["default", "heap"], default="default",
+                        help="heap: glibc reuses freed blocks instead of mapping fresh pages for each large "
+                             "tensor (both sides; see latency/README.md)")
     parser.add_argument("--archs", nargs="+", default=["mobilenet_v2", "resnet18"], help="--mode step networks")
     parser.add_argument("--layers", type=int, nargs="+", default=[2, 4], help="--mode step trainable layers")
     parser.add_argument("--image-size", type=int, default=224, help="--mode step input size")
@@ -129,16 +132,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--patch-sizes, --batch and --repeats must be >= 1")
     if args.min_time < 0:
         parser.error("--min-time must be >= 0")
+    if args.malloc == "heap":
+        try:
+            keep_freed_memory()
+        except RuntimeError as err:
+            parser.error(str(err))
     device = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     kernels = ("compiled (gradfilt._kernels)" if _native.available()
                else "pure PyTorch (gradfilt._kernels not built, or GRADFILT_NO_KERNELS set)")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, CPU passes: {kernels}",
-          file=sys.stderr)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, CPU passes: {kernels}, "
+          f"malloc: {args.malloc}", file=sys.stderr)
     if args.mode == "step":
         jobs = [(a, n, r) for a in args.archs for n in args.layers for r in [None, *args.patch_sizes]]
         rows = [bench_step(a, n, r, args.batch, args.image_size, device, args.repeats)
                 for a, n, r in tqdm(jobs, desc="steps")]
+        rows = [row | {"malloc": args.malloc} for row in rows]
         write_csv(rows, args.out / "step.csv")
         print(step_markdown(rows))
         print(f"\nwrote {args.out / 'step.csv'}")
@@ -150,6 +159,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = []
     for case in tqdm(cases, desc="cases"):
         rows += bench_case(case, args.batch, args.patch_sizes, device, args.repeats, args.min_time)
+    rows = [row | {"malloc": args.malloc} for row in rows]
     write_csv(rows, args.out / "conv.csv")
     plot_conv(rows, args.out / "conv.png")
     print(conv_markdown(rows))

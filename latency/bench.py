@@ -36,7 +36,8 @@ from gradfilt.models import build_model
 from gradfilt.strategy import train_last_layers
 from gradfilt.trace import LayerCall, trace_layers
 
-__all__ = ["ConvCase", "table10_cases", "model_cases", "time_fn", "bench_case", "bench_step", "write_csv"]
+__all__ = ["ConvCase", "table10_cases", "model_cases", "keep_freed_memory", "time_fn", "bench_case", "bench_step",
+           "write_csv"]
 
 # Table 10 of the paper: (C_in, C_out, H, W), 3x3, stride 1, padding 1, batch 32
 TABLE10 = [(128, 128, 120, 160), (256, 256, 60, 80), (512, 512, 30, 40), (512, 512, 14, 14),
@@ -81,6 +82,38 @@ def model_cases(arch: str, image_size: int = 224) -> list[ConvCase]:
         key = asdict(case) | {"name": None}
         seen.setdefault(tuple(sorted(key.items())), case)
     return list(seen.values())
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory() -> None:
+    """Make glibc's malloc serve every block from its heap and never hand freed memory back.
+
+    By default glibc maps each block above its mmap threshold (at most 32 MiB) fresh from the
+    kernel and unmaps it on free, so every backward that allocates a large grad_x page-faults
+    through all of it again (about 1 us per 4 KiB page here), and trims the heap's top the
+    same way. With this setting a freed block is reused by the next allocation of the process,
+    torch's own backward included: the same effect as running with the environment variables
+    ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>``, at the cost of never returning
+    memory to the system. Call it before the tensors to time are allocated.
+
+    Raises:
+        RuntimeError: the C library is not glibc (no mallopt), or it refused a setting.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError) as err:
+        raise RuntimeError(f"--malloc heap needs glibc's mallopt, which this platform lacks ({err})") from None
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)):
+        if mallopt(param, value) != 1:
+            raise RuntimeError(f"glibc's mallopt refused parameter {param} = {value}")
 
 
 def _sync(device: torch.device) -> None:

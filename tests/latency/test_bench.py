@@ -1,6 +1,9 @@
 """The benchmark's bookkeeping (memory, FLOPs ratio, cases, CLI); no timing is asserted."""
 
 import csv
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -83,3 +86,40 @@ def test_time_fn_keeps_calling_until_min_time():
     times = time_fn(work, torch.device("cpu"), repeats=2, warmup=1, min_time=0.03)
     assert len(calls) == len(times) + 1 and len(times) >= 2 and sum(times) >= 0.03
     assert len(time_fn(work, torch.device("cpu"), repeats=3, warmup=0)) == 3  # no min_time: exactly the repeats
+
+
+# In a child process: keep_freed_memory() changes malloc for the whole process it runs in.
+_FAULTS = """
+import resource, sys, torch
+from latency.bench import keep_freed_memory
+if sys.argv[1] == "heap":
+    keep_freed_memory()
+def faults_of_a_fresh_64mb_map():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.empty(16 * 2**20).fill_(1.0)  # 64 MiB, freed at once
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+faults_of_a_fresh_64mb_map()
+print(min(faults_of_a_fresh_64mb_map() for _ in range(3)))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_memory_stops_page_faults_on_reallocation():
+    def faults(mode):
+        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True)
+        return int(out.stdout.split()[-1])
+
+    pages = 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
+    assert faults("default") > pages // 2  # glibc maps a block this large fresh each time: every page faults
+    assert faults("heap") < pages // 100  # the freed block is reused
+
+
+def test_cli_malloc_heap_is_recorded(tmp_path):
+    spec = tmp_path / "cases.csv"
+    spec.write_text("name,c_in,c_out,h,w\nc,4,4,8,8\n")
+    run = subprocess.run([sys.executable, "-m", "latency", "--cases", str(spec), "--batch", "2", "--patch-sizes", "2",
+                          "--repeats", "1", "--min-time", "0", "--malloc", "heap", "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "malloc: heap" in run.stderr
+    assert [r["malloc"] for r in csv.DictReader(open(tmp_path / "out" / "conv.csv"))] == ["heap"]
