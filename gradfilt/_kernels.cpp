@@ -229,24 +229,43 @@ struct TapArgs {
   int threads;
 };
 
-template <typename T>
-void kernel_sums(const T* __restrict w, T* __restrict theta, const TapArgs& a) {
+// K > 0: the tap count known at compile time (3 x 3 kernels), so the inner loops unroll and vectorize.
+template <typename T, int K>
+void kernel_sums_with(const T* __restrict w, T* __restrict theta, const TapArgs& a) {
+  const Index taps = K > 0 ? K : a.taps;
 #pragma omp parallel for num_threads(a.threads) schedule(static)
   for (Index e = 0; e < a.elements; ++e) {
-    const T* k = w + e * a.taps;
+    const T* k = w + e * taps;
     T t = 0;
-    for (Index j = 0; j < a.taps; ++j) t += k[j];
+    for (Index j = 0; j < taps; ++j) t += k[j];
     theta[e] = t * static_cast<T>(a.scale);
   }
 }
 
-template <typename T>
-void repeat_taps(const T* __restrict tap, T* __restrict w, const TapArgs& a) {
+template <typename T, int K>
+void repeat_taps_with(const T* __restrict tap, T* __restrict w, const TapArgs& a) {
+  const Index taps = K > 0 ? K : a.taps;
 #pragma omp parallel for num_threads(a.threads) schedule(static)
   for (Index e = 0; e < a.elements; ++e) {
     const T v = tap[e] * static_cast<T>(a.scale);
-    for (Index j = 0; j < a.taps; ++j) w[e * a.taps + j] = v;
+    for (Index j = 0; j < taps; ++j) w[e * taps + j] = v;
   }
+}
+
+template <typename T>
+void kernel_sums(const T* w, T* theta, const TapArgs& a) {
+  if (a.taps == 9)
+    kernel_sums_with<T, 9>(w, theta, a);
+  else
+    kernel_sums_with<T, 0>(w, theta, a);
+}
+
+template <typename T>
+void repeat_taps(const T* tap, T* w, const TapArgs& a) {
+  if (a.taps == 9)
+    repeat_taps_with<T, 9>(tap, w, a);
+  else
+    repeat_taps_with<T, 0>(tap, w, a);
 }
 
 template <typename T>
