@@ -156,18 +156,15 @@ void patch_sums(const T* src, T* dst, const PatchSumArgs& a) {
 }
 
 // row[0 : W) = g[col_off[w]]; R > 0 promises col_off[w] == (w / R) * col (widening without a gather).
+// UNIT: col == 1 (a channel-major grid), so the reads are contiguous and the copies vectorize.
 template <typename T, int R, bool UNIT>
 inline void widen_row(const T* __restrict g, T* __restrict row, Index W, Index col, const int64_t* col_off) {
-  if constexpr (R > 0 && UNIT) {  // col == 1: contiguous values, the copies vectorize
+  if constexpr (R > 0) {
+    const Index step = UNIT ? 1 : col;
     const Index whole = W / R;
     for (Index w = 0; w < whole; ++w)
-      for (int i = 0; i < R; ++i) row[R * w + i] = g[w];
-    for (Index w = R * whole; w < W; ++w) row[w] = g[whole];
-  } else if constexpr (R > 0) {
-    const Index whole = W / R;
-    for (Index w = 0; w < whole; ++w)
-      for (int i = 0; i < R; ++i) row[R * w + i] = g[w * col];
-    for (Index w = R * whole; w < W; ++w) row[w] = g[whole * col];
+      for (int i = 0; i < R; ++i) row[R * w + i] = g[w * step];
+    for (Index w = R * whole; w < W; ++w) row[w] = g[whole * step];
   } else {
     for (Index w = 0; w < W; ++w) row[w] = g[col_off[w]];
   }
@@ -207,18 +204,22 @@ void spread_with(const T* src, T* dst, const SpreadArgs& a) {
   }
 }
 
+template <typename T, bool UNIT>
+void spread_for_r(const T* src, T* dst, const SpreadArgs& a) {
+  if (a.r == 2)
+    spread_with<T, 2, UNIT>(src, dst, a);
+  else if (a.r == 4)
+    spread_with<T, 4, UNIT>(src, dst, a);
+  else
+    spread_with<T, 0, UNIT>(src, dst, a);
+}
+
 template <typename T>
 void spread(const T* src, T* dst, const SpreadArgs& a) {
-  if (a.r == 2 && a.col == 1)
-    spread_with<T, 2, true>(src, dst, a);
-  else if (a.r == 4 && a.col == 1)
-    spread_with<T, 4, true>(src, dst, a);
-  else if (a.r == 2)
-    spread_with<T, 2, false>(src, dst, a);
-  else if (a.r == 4)
-    spread_with<T, 4, false>(src, dst, a);
+  if (a.col == 1)
+    spread_for_r<T, true>(src, dst, a);
   else
-    spread_with<T, 0, false>(src, dst, a);
+    spread_for_r<T, false>(src, dst, a);
 }
 
 // Kernel taps: theta[e] = scale * sum_k w[e, k] (a kernel's spatial sum, e = (o, i)), and the

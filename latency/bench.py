@@ -109,7 +109,7 @@ def keep_freed_memory() -> None:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
     except (OSError, AttributeError) as err:
-        raise RuntimeError(f"--malloc heap needs glibc's mallopt, which this platform lacks ({err})") from None
+        raise RuntimeError(f"keeping freed memory needs glibc's mallopt, which this platform lacks ({err})") from None
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)):
         if mallopt(param, value) != 1:
