@@ -97,9 +97,21 @@ def test_spread_from_a_grid_per_stride_phase():
 
 
 @needs_kernels
+@pytest.mark.parametrize("period", [2, 3, 17])
+def test_spread_reuses_rows_with_the_same_source(period):
+    # rows take source rows 0, 1, .., period - 1, 0, 1, ...: a row equals the one `period` rows
+    # above it (a stride-`period` conv's phases); 17 is past the kernel's look-back of 16 rows
+    grid = integer_map((2, 3, period, 5), torch.float32)
+    rows = torch.arange(40) % period
+    out = _native.spread(grid, rows * grid.stride(2), torch.arange(5), (1, 1))
+    assert torch.equal(out, grid[:, :, rows, :])
+
+
+@needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_kernel_sums_and_repeat_taps(dtype):
-    w = integer_map((6, 4, 3, 5), dtype)
+@pytest.mark.parametrize("kernel", [(3, 3), (3, 5), (1, 1)])  # 3 x 3 has its own compiled loops
+def test_kernel_sums_and_repeat_taps(kernel, dtype):
+    w = integer_map((6, 4, *kernel), dtype)
     assert torch.equal(_native.kernel_sums(w, 0.25), w.sum((2, 3)) * 0.25)
     tap = integer_map((6, 4), dtype, seed=1)
     out = _native.repeat_taps(tap, w.shape, 0.5)
