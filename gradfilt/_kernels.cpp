@@ -17,10 +17,11 @@
 //       w in [col_start + pw * r, col_start + (pw + 1) * r), both clipped to the map
 //       (pixels outside it are zero padding).
 //
-// spread(dtype, src, dst, planes, C, H, W, src_sn, src_sc, row_off, col_off, r, col, threads)
+// spread(dtype, src, available, dst, planes, C, H, W, src_sn, src_sc, row_off, col_off, r, col, threads)
 //   dst: contiguous (N, C, H, W). dst[n, c, h, w] = src[n * src_sn + c * src_sc + row_off[h] + col_off[w]]
 //     (int64 element offsets: a pixel's patch, and its stride phase for strided convs).
 //     r > 0 promises col_off[w] == (w / r) * col for every w (widening without a gather).
+//     Checked before any write: every read lies in src[0, available), and the promise holds.
 //
 // kernel_sums(dtype, w, theta, elements, taps, scale, threads)
 //   w: contiguous (elements, taps); theta[e] = scale * sum_k w[e, k].
@@ -296,19 +297,43 @@ PyObject* py_patch_sums(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
+// Every read of spread stays inside the grid's `available` elements, and r > 0 keeps its
+// promise about col_off; false with a ValueError set otherwise. Run before any write.
+bool spread_reads_inside(const SpreadArgs& a, Index available) {
+  const auto rows = std::minmax_element(a.row_off, a.row_off + a.H);
+  const auto cols = std::minmax_element(a.col_off, a.col_off + a.W);
+  const Index lowest = *rows.first + *cols.first;
+  const Index reach = (a.planes / a.C - 1) * a.src_sn + (a.C - 1) * a.src_sc + *rows.second + *cols.second;
+  if (*rows.first < 0 || *cols.first < 0 || reach >= available) {
+    PyErr_Format(PyExc_ValueError, "spread offsets reach elements [%zd, %zd] outside the grid's %zd elements", lowest,
+                 reach, available);
+    return false;
+  }
+  for (Index w = 0; a.r > 0 && w < a.W; ++w)
+    if (a.col_off[w] != (w / a.r) * a.col) {
+      PyErr_Format(PyExc_ValueError, "col_offsets are not (w // %zd) * %zd", a.r, a.col);
+      return false;
+    }
+  return true;
+}
+
 PyObject* py_spread(PyObject*, PyObject* args) {
   int dtype;
   unsigned long long src, dst, row_off, col_off;
+  Index available;
   SpreadArgs a;
-  if (!PyArg_ParseTuple(args, "iKKnnnnnnKKnni", &dtype, &src, &dst, &a.planes, &a.C, &a.H, &a.W, &a.src_sn,
-                        &a.src_sc, &row_off, &col_off, &a.r, &a.col, &a.threads))
+  if (!PyArg_ParseTuple(args, "iKnKnnnnnnKKnni", &dtype, &src, &available, &dst, &a.planes, &a.C, &a.H, &a.W,
+                        &a.src_sn, &a.src_sc, &row_off, &col_off, &a.r, &a.col, &a.threads))
     return nullptr;
-  if (!valid(dtype, a.C, a.threads) || a.r < 0) {
-    PyErr_SetString(PyExc_ValueError, "spread: need dtype 0 or 1, C >= 1, threads >= 1 and r >= 0");
+  if (!valid(dtype, a.C, a.threads) || a.r < 0 || a.H < 1 || a.W < 1 || a.planes < a.C || a.src_sn < 0 ||
+      a.src_sc < 0) {
+    PyErr_SetString(PyExc_ValueError,
+                    "spread: need dtype 0 or 1, C >= 1, threads >= 1, r >= 0, H, W >= 1, N >= 1 and grid strides >= 0");
     return nullptr;
   }
   a.row_off = ptr<const int64_t>(row_off);
   a.col_off = ptr<const int64_t>(col_off);
+  if (!spread_reads_inside(a, available)) return nullptr;
   Py_BEGIN_ALLOW_THREADS;
   if (dtype == 0)
     spread(ptr<const float>(src), ptr<float>(dst), a);

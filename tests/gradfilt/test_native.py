@@ -134,6 +134,8 @@ def test_bad_arguments_are_refused():
         _native.spread(grid, torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0, 1]), None)
     with pytest.raises(ValueError, match=r"col_offsets are not \(w // 2\) \* 1"):
         _native.spread(grid, torch.tensor([0, 2]), torch.tensor([0, 1, 1, 1]), (2, 1))
+    with pytest.raises(ValueError, match="widen needs r >= 1"):
+        _native.spread(grid, torch.tensor([0, 2]), torch.tensor([0, 0]), (0, 1))
     with pytest.raises(ValueError, match="values"):
         _native.repeat_taps(torch.zeros(5), torch.Size((2, 3, 3, 3)), 1.0)
 
