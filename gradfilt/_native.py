@@ -81,6 +81,10 @@ def spread(grid: Tensor, row_offsets: Tensor, col_offsets: Tensor, widen: Option
 
     Returns:
         Contiguous (N, C, H, W).
+
+    Raises:
+        ValueError: a bad grid or offset tensor, a read outside the grid's storage, or col_offsets
+            breaking the widen promise (checked in C before anything is written).
     """
     _check(usable(grid) and grid.dim() >= 2 and min(grid.stride()[:2]) >= 0, "spread needs a CPU float grid (N, C, ...)")
     for offsets, name in ((row_offsets, "row_offsets"), (col_offsets, "col_offsets")):
