@@ -126,8 +126,24 @@ void clipped_plane(const T* __restrict plane, T* __restrict out, T* __restrict a
   }
 }
 
+// A plane tiled by whole 2 x 2 patches (H and W even): every patch's four reads unrolled, in
+// the same order as anchored_plane (rows first, then the pair), so both give the same bits.
+// Measured faster than anchored_plane's per-row loops for r = 2 (5-14% on 14 x 14 to 56 x 56
+// maps, no difference on larger ones); the same unrolling for r = 4 was slower on 28 x 28.
+template <typename T>
+void pairs_plane(const T* __restrict plane, T* __restrict out, const PatchSumArgs& a) {
+  for (Index ph = 0; ph < a.n_ph; ++ph) {
+    const T* top = plane + 2 * ph * a.W;
+    const T* bottom = top + a.W;
+    T* o = out + ph * a.n_pw;
+    for (Index pw = 0; pw < a.n_pw; ++pw)
+      o[pw] = (top[2 * pw] + bottom[2 * pw]) + (top[2 * pw + 1] + bottom[2 * pw + 1]);
+  }
+}
+
 template <typename T, int R>
 void patch_sums_with(const T* src, T* dst, const PatchSumArgs& a, bool anchored) {
+  const bool pairs = R == 2 && anchored && a.H % 2 == 0 && a.W % 2 == 0;
 #pragma omp parallel num_threads(a.threads)
   {
     std::vector<T> acc(std::max<Index>(a.n_ph * a.W, 1));  // per thread
@@ -135,7 +151,9 @@ void patch_sums_with(const T* src, T* dst, const PatchSumArgs& a, bool anchored)
     for (Index p = 0; p < a.planes; ++p) {
       const T* plane = src + p * a.H * a.W;
       T* out = dst + (p / a.C) * a.dst_sn + (p % a.C) * a.dst_sc;
-      if (anchored)
+      if (pairs)
+        pairs_plane<T>(plane, out, a);
+      else if (anchored)
         anchored_plane<T, R>(plane, out, acc.data(), a);
       else
         clipped_plane<T>(plane, out, acc.data(), a);
@@ -197,9 +215,10 @@ void spread_with(const T* src, T* dst, const SpreadArgs& a) {
     T* plane = dst + p * a.H * a.W;
     for (Index h = 0; h < a.H; ++h) {
       T* row = plane + h * a.W;
-      if (same_as[h] >= 0)
-        std::memcpy(row, plane + same_as[h] * a.W, sizeof(T) * a.W);
-      else
+      if (same_as[h] >= 0) {  // an inlined copy: memcpy's call costs more than a short row's bytes
+        const T* __restrict from = plane + same_as[h] * a.W;
+        for (Index w = 0; w < a.W; ++w) row[w] = from[w];
+      } else
         widen_row<T, R, UNIT>(grid + a.row_off[h], row, a.W, a.col, a.col_off);
     }
   }

@@ -63,6 +63,18 @@ def test_patch_sums_match_torch(n, c, h, w, r, start, counts, dtype):
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_unrolled_pairs_add_in_the_order_of_the_row_loops(dtype):
+    # an even map takes the unrolled 2 x 2 loop, an odd one the row-sum loops: with one zero
+    # column added, the odd map's whole patches must come out bit for bit the same
+    x = torch.randn(3, 5, 10, 12, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    even = _native.patch_sums(x, 2, (0, 0), (5, 6))
+    odd = _native.patch_sums(F.pad(x, [0, 1]), 2, (0, 0), (5, 7))
+    assert torch.equal(even, odd[..., :6])
+    assert torch.allclose(even, patch_sum(x, 2).transpose(0, 1))
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("layout", ["contiguous", "channel-major", "channels-last"])
 @pytest.mark.parametrize("h,w,r,uniform", [(8, 12, 2, True), (14, 14, 4, True), (9, 7, 3, True), (7, 6, 2, False),
                                            (6, 10, 5, True)])
