@@ -1,7 +1,8 @@
 """Conv-backward benchmark: ``gradfilt.FilteredConv2d`` against torch's own Conv2d backward.
 
 For every case (a conv geometry at a batch size) and patch size r, on the same tensors in
-the same process, after warm-up: the median and spread of
+the same process, after warm-up, all measured in the same alternating rounds (so that a
+machine whose speed drifts meanwhile shifts every side alike): the median and spread of
 
 * torch: ``aten.convolution_backward`` for grad_x and grad_w (oneDNN on CPU, cuDNN on CUDA);
 * filtered: the autograd backward of ``filtered_conv2d`` for grad_x and grad_w;
@@ -20,6 +21,8 @@ steps (forward, backward, SGD) of MobileNetV2 / ResNet-18 with the last N layers
 from __future__ import annotations
 
 import csv
+import functools
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -36,7 +39,7 @@ from gradfilt.models import build_model
 from gradfilt.strategy import train_last_layers
 from gradfilt.trace import LayerCall, trace_layers
 
-__all__ = ["ConvCase", "table10_cases", "model_cases", "keep_freed_memory", "time_fn", "bench_case", "bench_step",
+__all__ = ["ConvCase", "table10_cases", "model_cases", "keep_freed_memory", "time_rounds", "bench_case", "bench_step",
            "write_csv"]
 
 # Table 10 of the paper: (C_in, C_out, H, W), 3x3, stride 1, padding 1, batch 32
@@ -121,27 +124,50 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_fn(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 2,
-            min_time: float = 0.0) -> list[float]:
-    """Seconds of each timed call of ``fn`` after ``warmup`` calls (synchronized on CUDA).
+def time_rounds(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int = 2,
+                min_time: float = 0.0) -> dict[str, list[float]]:
+    """Seconds of each timed call of every function in ``fns``, timed in alternating rounds.
+
+    Each function needs at least ``repeats`` timed calls adding up to ``min_time`` seconds (at
+    most 10,000 calls; the last warm-up call estimates how many). Those calls are cut into as
+    many rounds as the function needing the fewest calls has, and every round runs each
+    function's share back to back, one function after the other. A machine that speeds up or
+    slows down while the measurement runs (other tenants of a VM, clock changes) thus shifts
+    every function alike and their ratios stay fair. A function that falls short of its
+    target after the planned rounds gets more, alone.
 
     Args:
-        fn: the work to time.
-        device: its device.
-        repeats: at least this many timed calls.
-        warmup: untimed calls first.
-        min_time: keep calling until the timed calls add up to this many seconds (at most 10,000
-            calls), so that fast cases get as steady a median as slow ones.
+        fns: the work to time, by name.
+        device: where it runs (synchronized around every call on CUDA).
+        repeats: at least this many timed calls of each function.
+        warmup: untimed calls of each function first.
+        min_time: seconds of timed calls of each function, at least.
     """
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    while len(times) < repeats or (sum(times) < min_time and len(times) < 10_000):
+
+    def timed(fn: Callable[[], object]) -> float:
         _sync(device)
         start = time.perf_counter()
         fn()
         _sync(device)
-        times.append(time.perf_counter() - start)
+        return time.perf_counter() - start
+
+    needed = {}
+    for name, fn in fns.items():
+        last = [timed(fn) for _ in range(warmup)][-1:]
+        guess = math.ceil(min_time / max(last[0], 1e-6)) if last else 0
+        needed[name] = min(10_000, max(repeats, guess))
+    rounds = min(needed.values())
+    times: dict[str, list[float]] = {name: [] for name in fns}
+
+    def done(t: list[float]) -> bool:
+        return len(t) >= 10_000 or (len(t) >= repeats and sum(t) >= min_time)
+
+    for i in range(rounds):
+        for name, fn in fns.items():
+            times[name] += [timed(fn) for _ in range(-(-needed[name] // rounds))]
+    for name, fn in fns.items():
+        while not done(times[name]):
+            times[name].append(timed(fn))
     return times
 
 
@@ -159,7 +185,7 @@ def bench_case(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: t
         patch_sizes: r values for the filtered side.
         device: where to run.
         repeats: timed calls per measurement (after 2 warm-up calls), at least.
-        min_time: seconds of timed calls per measurement, at least (see :func:`time_fn`).
+        min_time: seconds of timed calls per measurement, at least (see :func:`time_rounds`).
     """
     gen = torch.Generator(device="cpu").manual_seed(0)
     conv = case.conv()
@@ -173,21 +199,28 @@ def bench_case(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: t
         torch.ops.aten.convolution_backward(grad_y, x, weight, None, list(conv.stride), list(conv.padding),
                                             list(conv.dilation), False, [0, 0], conv.groups, [True, True, False])
 
-    t_torch = _spread(time_fn(torch_backward, device, repeats, min_time=min_time))
+    # every measurement of the case in the same rounds: torch, the copy bound (read g_y once,
+    # write one g_x-sized map), and per r the patch-grid GEMMs and the filtered backward
+    fns: dict[str, Callable[[], object]] = {
+        "torch": torch_backward,
+        "read": lambda: grad_y.sum(),
+        "write": lambda: torch.empty_like(x).fill_(0.0),
+    }
+    for r in patch_sizes:
+        fns[f"gemm {r}"] = _gemms(case, batch, y.shape[2:], r, device)
+        y_f = filtered_conv2d(x, weight, patch_size=r, **args)
+        fns[f"filtered {r}"] = functools.partial(torch.autograd.grad, y_f, (x, weight), grad_y, retain_graph=True)
+    times = time_rounds(fns, device, repeats, min_time=min_time)
+    t_torch = _spread(times["torch"])
+    t_copy = statistics.median(times["read"]) + statistics.median(times["write"])
     mem_torch = measure(conv.to(device), x.detach())["total"]  # bytes autograd keeps, parameters excluded
-    # the copy bound: read g_y once, write one g_x-sized map
-    t_read = time_fn(lambda: grad_y.sum(), device, repeats, min_time=min_time)
-    t_write = time_fn(lambda: torch.empty_like(x).fill_(0.0), device, repeats, min_time=min_time)
-    t_copy = statistics.median(t_read) + statistics.median(t_write)
     call = LayerCall(case.name, conv, (case.c_in, case.h, case.w), tuple(y.shape[1:]), False)
     flops_torch = conv_cost(call, None, True, batch)[0]
 
     rows = []
     for r in patch_sizes:
-        t_gemm = _gemm_time(case, batch, y.shape[2:], r, device, repeats, min_time)
-        y_f = filtered_conv2d(x, weight, patch_size=r, **args)
-        t_filt = _spread(time_fn(lambda: torch.autograd.grad(y_f, (x, weight), grad_y, retain_graph=True),
-                                 device, repeats, min_time=min_time))
+        t_gemm = statistics.median(times[f"gemm {r}"])
+        t_filt = _spread(times[f"filtered {r}"])
         mem_filt = measure(FilteredConv2d.from_conv(conv, r), x.detach())["total"]
         rows.append({
             "case": case.name, "batch": batch, "patch_size": r, "device": device.type,
@@ -206,9 +239,9 @@ def bench_case(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: t
     return rows
 
 
-def _gemm_time(case: ConvCase, batch: int, out_size: Sequence[int], patch_size: int, device: torch.device,
-               repeats: int, min_time: float) -> float:
-    """Median seconds of the two patch-grid GEMMs of a collapsed kernel (grad_w and grad_x~), per group."""
+def _gemms(case: ConvCase, batch: int, out_size: Sequence[int], patch_size: int,
+           device: torch.device) -> Callable[[], None]:
+    """The two patch-grid GEMMs of a collapsed kernel (grad_w and grad_x~, per group) on random operands."""
     g, co, ci = case.groups, case.c_out // case.groups, case.c_in // case.groups
     b = batch * -(-out_size[0] // patch_size) * -(-out_size[1] // patch_size)  # patches in the batch
     grad = torch.randn(g, co, b, device=device)  # (G, C_out / G, B)
@@ -219,7 +252,7 @@ def _gemm_time(case: ConvCase, batch: int, out_size: Sequence[int], patch_size: 
         torch.bmm(grad, x_sum.transpose(1, 2))  # grad_w: (G, C_out / G, C_in / G)
         torch.bmm(grad.transpose(1, 2), theta)  # grad_x~: (G, B, C_in / G)
 
-    return statistics.median(time_fn(gemms, device, repeats, min_time=min_time))
+    return gemms
 
 
 def bench_step(arch: str, layers: int, patch_size: Optional[int], batch: int, image_size: int,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from latency.__main__ import main
-from latency.bench import ConvCase, bench_case, bench_step, model_cases, table10_cases, time_fn
+from latency.bench import ConvCase, bench_case, bench_step, model_cases, table10_cases, time_rounds
 
 
 def test_table10_cases_are_the_papers():
@@ -76,16 +76,27 @@ def test_cuda_without_gpu(capsys):
     assert "no CUDA GPU is visible" in capsys.readouterr().err
 
 
-def test_time_fn_keeps_calling_until_min_time():
+def test_time_rounds_alternates_until_every_function_has_min_time():
     calls = []
 
-    def work():
-        calls.append(1)
-        time.sleep(0.002)
+    def work(name, seconds):
+        def fn():
+            calls.append(name)
+            time.sleep(seconds)
+        return fn
 
-    times = time_fn(work, torch.device("cpu"), repeats=2, warmup=1, min_time=0.03)
-    assert len(calls) == len(times) + 1 and len(times) >= 2 and sum(times) >= 0.03
-    assert len(time_fn(work, torch.device("cpu"), repeats=3, warmup=0)) == 3  # no min_time: exactly the repeats
+    times = time_rounds({"slow": work("slow", 0.01), "fast": work("fast", 0.001)}, torch.device("cpu"), repeats=2,
+                        warmup=1, min_time=0.05)
+    assert calls[:2] == ["slow", "fast"]  # one warm-up call each
+    assert all(len(t) >= 2 and sum(t) >= 0.05 for t in times.values())
+    assert len(calls) == 2 + len(times["slow"]) + len(times["fast"])
+    # about 5 slow calls make 0.05 s: 5 rounds, each one slow call and then a block of fast ones
+    timed = calls[2:]
+    starts = [i for i, name in enumerate(timed) if name == "slow" and (i == 0 or timed[i - 1] == "fast")]
+    assert len(starts) >= 3 and timed[0] == "slow"
+    assert timed[1:starts[1]].count("fast") >= 5  # the fast one runs in blocks
+    untimed = time_rounds({"a": work("a", 0.0)}, torch.device("cpu"), repeats=3, warmup=0)
+    assert len(untimed["a"]) == 3  # no min_time, no warm-up: exactly the repeats
 
 
 # In a child process: keep_freed_memory() changes malloc for the whole process it runs in.
