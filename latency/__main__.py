@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from gradfilt import _native
 
-from .bench import ConvCase, bench_case, bench_step, keep_freed_memory, model_cases, table10_cases, write_csv
+from .bench import ConvCase, bench_case, bench_steps, keep_freed_memory, model_cases, table10_cases, write_csv
 
 CASE_SETS = {"table10": table10_cases, "resnet18": lambda: model_cases("resnet18"),
              "mobilenet_v2": lambda: model_cases("mobilenet_v2")}
@@ -144,9 +144,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, CPU passes: {kernels}, "
           f"malloc: {args.malloc}", file=sys.stderr)
     if args.mode == "step":
-        jobs = [(a, n, r) for a in args.archs for n in args.layers for r in [None, *args.patch_sizes]]
-        rows = [bench_step(a, n, r, args.batch, args.image_size, device, args.repeats)
-                for a, n, r in tqdm(jobs, desc="steps")]
+        jobs = [(a, n) for a in args.archs for n in args.layers]
+        rows = [row for a, n in tqdm(jobs, desc="steps")
+                for row in bench_steps(a, n, [None, *args.patch_sizes], args.batch, args.image_size, device,
+                                       args.repeats)]
         rows = [row | {"malloc": args.malloc} for row in rows]
         write_csv(rows, args.out / "step.csv")
         print(step_markdown(rows))

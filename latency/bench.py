@@ -39,7 +39,7 @@ from gradfilt.models import build_model
 from gradfilt.strategy import train_last_layers
 from gradfilt.trace import LayerCall, trace_layers
 
-__all__ = ["ConvCase", "table10_cases", "model_cases", "keep_freed_memory", "time_rounds", "bench_case", "bench_step",
+__all__ = ["ConvCase", "table10_cases", "model_cases", "keep_freed_memory", "time_rounds", "bench_case", "bench_steps",
            "write_csv"]
 
 # Table 10 of the paper: (C_in, C_out, H, W), 3x3, stride 1, padding 1, batch 32
@@ -255,47 +255,59 @@ def _gemms(case: ConvCase, batch: int, out_size: Sequence[int], patch_size: int,
     return gemms
 
 
-def bench_step(arch: str, layers: int, patch_size: Optional[int], batch: int, image_size: int,
-               device: torch.device, repeats: int) -> dict:
-    """Median seconds of one fine-tuning step, split into forward / backward / SGD step.
+def bench_steps(arch: str, layers: int, patch_sizes: Sequence[Optional[int]], batch: int, image_size: int,
+                device: torch.device, repeats: int) -> list[dict]:
+    """Median milliseconds of one fine-tuning step per patch size, split into forward / backward / SGD step.
+
+    The set-ups (one model each) are timed in alternating rounds (:func:`time_rounds`, one step
+    of each per round after 2 warm-up steps each), so that they are compared on the same machine state.
 
     Args:
         arch: mobilenet_v2 or resnet18 (any gradfilt.models arch).
         layers: the last N main-path convs (+ classifier) train, the rest is frozen (BN in eval).
-        patch_size: r on those convs; None: vanilla BP.
+        patch_sizes: r on those convs per set-up; None: vanilla BP.
         batch, image_size: the input batch.
         device: where to run.
-        repeats: timed steps (after 2 warm-up steps).
+        repeats: timed steps of each set-up.
     """
-    torch.manual_seed(0)
-    model = build_model(arch, 1000)
-    train_last_layers(model, layers, patch_size, input_size=(1, 3, image_size, image_size))
-    model.to(device).train()
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
-    images = torch.randn(batch, 3, image_size, image_size, device=device)
-    labels = torch.randint(0, 1000, (batch,), device=device)
-    parts: dict[str, list[float]] = {"forward": [], "backward": [], "sgd": []}
-    for i in range(repeats + 2):
-        marks = []
-        for stage in range(3):
-            _sync(device)
-            marks.append(time.perf_counter())
-            if stage == 0:
-                loss = F.cross_entropy(model(images), labels)
-            elif stage == 1:
-                loss.backward()
-            else:
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-        _sync(device)
-        marks.append(time.perf_counter())
-        if i >= 2:
-            for name, a, b in zip(parts, marks, marks[1:]):
-                parts[name].append(b - a)
-    med = {k: statistics.median(v) for k, v in parts.items()}
-    return {"arch": arch, "layers": layers, "patch_size": patch_size or "-", "batch": batch,
-            "image_size": image_size, "device": device.type,
-            **{f"{k}_ms": 1e3 * v for k, v in med.items()}, "step_ms": 1e3 * sum(med.values())}
+    images = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(device)
+    labels = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(1)).to(device)
+    parts: dict[Optional[int], list[tuple[float, float, float]]] = {}
+    steps: dict[str, Callable[[], None]] = {}
+    for r in patch_sizes:
+        torch.manual_seed(0)
+        model = build_model(arch, 1000)
+        train_last_layers(model, layers, r, input_size=(1, 3, image_size, image_size))
+        model.to(device).train()
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
+        parts[r] = []
+        steps[str(r)] = functools.partial(_step, model, opt, images, labels, device, parts[r])
+    time_rounds(steps, device, repeats, warmup=2)
+    rows = []
+    for r, recorded in parts.items():
+        med = [statistics.median(t[i] for t in recorded[2:]) for i in range(3)]  # after the 2 warm-up steps
+        rows.append({"arch": arch, "layers": layers, "patch_size": r or "-", "batch": batch,
+                     "image_size": image_size, "device": device.type,
+                     **{f"{k}_ms": 1e3 * v for k, v in zip(("forward", "backward", "sgd"), med)},
+                     "step_ms": 1e3 * sum(med)})
+    return rows
+
+
+def _step(model: nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+          device: torch.device, record: list[tuple[float, float, float]]) -> None:
+    """One SGD step; appends its (forward, backward, SGD) seconds to ``record``."""
+    marks = [time.perf_counter()]
+    loss = F.cross_entropy(model(images), labels)
+    _sync(device)
+    marks.append(time.perf_counter())
+    loss.backward()
+    _sync(device)
+    marks.append(time.perf_counter())
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    _sync(device)
+    marks.append(time.perf_counter())
+    record.append((marks[1] - marks[0], marks[2] - marks[1], marks[3] - marks[2]))
 
 
 def write_csv(rows: list[dict], path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from latency.__main__ import main
-from latency.bench import ConvCase, bench_case, bench_step, model_cases, table10_cases, time_rounds
+from latency.bench import ConvCase, bench_case, bench_steps, model_cases, table10_cases, time_rounds
 
 
 def test_table10_cases_are_the_papers():
@@ -51,8 +51,10 @@ def test_cli_with_a_case_file(tmp_path, capsys):
 
 
 def test_step_mode_splits_the_step(tmp_path, capsys):
-    row = bench_step("resnet18", 2, 2, batch=2, image_size=64, device=torch.device("cpu"), repeats=1)
-    assert row["step_ms"] == pytest.approx(row["forward_ms"] + row["backward_ms"] + row["sgd_ms"])
+    rows = bench_steps("resnet18", 2, [None, 2], batch=2, image_size=64, device=torch.device("cpu"), repeats=1)
+    assert [row["patch_size"] for row in rows] == ["-", 2]
+    for row in rows:
+        assert row["step_ms"] == pytest.approx(row["forward_ms"] + row["backward_ms"] + row["sgd_ms"])
     assert main(["--mode", "step", "--archs", "mobilenet_v2", "--layers", "2", "--patch-sizes", "4", "--batch", "2",
                  "--image-size", "64", "--repeats", "1", "--out", str(tmp_path)]) == 0
     assert "| mobilenet_v2 | 2 | 4 |" in capsys.readouterr().out
