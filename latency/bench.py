@@ -162,7 +162,7 @@ def time_rounds(fns: dict[str, Callable[[], object]], device: torch.device, repe
     def done(t: list[float]) -> bool:
         return len(t) >= 10_000 or (len(t) >= repeats and sum(t) >= min_time)
 
-    for i in range(rounds):
+    for _ in range(rounds):
         for name, fn in fns.items():
             times[name] += [timed(fn) for _ in range(-(-needed[name] // rounds))]
     for name, fn in fns.items():
@@ -255,12 +255,15 @@ def _gemms(case: ConvCase, batch: int, out_size: Sequence[int], patch_size: int,
     return gemms
 
 
+_WARMUP_STEPS = 2
+
+
 def bench_steps(arch: str, layers: int, patch_sizes: Sequence[Optional[int]], batch: int, image_size: int,
                 device: torch.device, repeats: int) -> list[dict]:
     """Median milliseconds of one fine-tuning step per patch size, split into forward / backward / SGD step.
 
     The set-ups (one model each) are timed in alternating rounds (:func:`time_rounds`, one step
-    of each per round after 2 warm-up steps each), so that they are compared on the same machine state.
+    of each per round after 2 warm-up steps each, which ``_step`` records too), so that they are compared on the same machine state.
 
     Args:
         arch: mobilenet_v2 or resnet18 (any gradfilt.models arch).
@@ -282,10 +285,10 @@ def bench_steps(arch: str, layers: int, patch_sizes: Sequence[Optional[int]], ba
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
         parts[r] = []
         steps[str(r)] = functools.partial(_step, model, opt, images, labels, device, parts[r])
-    time_rounds(steps, device, repeats, warmup=2)
+    time_rounds(steps, device, repeats, warmup=_WARMUP_STEPS)
     rows = []
     for r, recorded in parts.items():
-        med = [statistics.median(t[i] for t in recorded[2:]) for i in range(3)]  # after the 2 warm-up steps
+        med = [statistics.median(t[i] for t in recorded[_WARMUP_STEPS:]) for i in range(3)]
         rows.append({"arch": arch, "layers": layers, "patch_size": r or "-", "batch": batch,
                      "image_size": image_size, "device": device.type,
                      **{f"{k}_ms": 1e3 * v for k, v in zip(("forward", "backward", "sgd"), med)},
