@@ -2,7 +2,7 @@
 
     python -m latency [--device cpu|cuda] [--batch 32] [--cases table10|resnet18|mobilenet_v2|FILE ...]
                       [--patch-sizes 2 4] [--repeats N] [--min-time S] [--malloc default|heap] [--out DIR]
-    python -m latency --mode step [--archs mobilenet_v2 resnet18] [--layers 2 4] [--patch-sizes 2 4]
+    python -m latency --mode step [--archs mobilenet_v2 resnet18] [--layers 2 4] [--patch-sizes 2 4] [--malloc ...]
 
 A FILE case list is a CSV with columns name,c_in,c_out,h,w[,kernel,stride,padding,dilation,groups].
 Writes ``conv.csv`` / ``step.csv`` and ``conv.png`` (speedup and normalized memory per case and
