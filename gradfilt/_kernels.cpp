@@ -11,12 +11,13 @@
 // has already loaded, and the thread count is passed in from torch.get_num_threads().
 //
 // patch_sums(dtype, src, dst, planes, C, H, W, r, row_start, n_ph, col_start, n_pw,
-//            dst_sn, dst_sc, threads)
+//            dst_sn, dst_sc, threads, simd)
 //   src: contiguous (N, C, H, W), planes = N * C. For patch (ph, pw) of plane (n, c):
 //     dst[n * dst_sn + c * dst_sc + ph * n_pw + pw] =
 //       sum of src[n, c, h, w] over h in [row_start + ph * r, row_start + (ph + 1) * r) and
 //       w in [col_start + pw * r, col_start + (pw + 1) * r), both clipped to the map
 //       (pixels outside it are zero padding).
+//   simd: allow the AVX-512 loops (float32, r = 4, patches from (0, 0)) when has_avx512().
 //
 // spread(dtype, src, available, dst, planes, C, H, W, src_sn, src_sc, row_off, col_off, r, col, threads)
 //   dst: contiguous (N, C, H, W). dst[n, c, h, w] = src[n * src_sn + c * src_sc + row_off[h] + col_off[w]]
@@ -29,6 +30,8 @@
 // repeat_taps(dtype, tap, w, elements, taps, scale, threads)
 //   tap: contiguous (elements,); w[e, k] = scale * tap[e] for every tap k.
 //
+// has_avx512(): whether patch_sums' AVX-512 loops can run on this CPU.
+//
 // dtype: 0 = float32, 1 = float64. Pointers are integers (tensor.data_ptr()).
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -38,6 +41,11 @@
 #include <cstring>
 #include <type_traits>
 #include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define GRADFILT_AVX512 1
+#endif
 
 namespace {
 
@@ -77,6 +85,7 @@ inline void sum_runs(const T* __restrict acc, T* __restrict out, Index n, Index 
 struct PatchSumArgs {
   Index planes, C, H, W, r, row_start, n_ph, col_start, n_pw, dst_sn, dst_sc;
   int threads;
+  int simd;  // 0: the portable loops only (tests compare them with the AVX-512 ones)
 };
 
 // One (H, W) plane tiled by patches from (0, 0) (the last row / column of patches may be
@@ -143,6 +152,61 @@ void pairs_plane(const T* __restrict plane, T* __restrict out, const PatchSumArg
   }
 }
 
+#ifdef GRADFILT_AVX512
+// AVX-512 patch sums of float32 maps tiled by 4 x 4 patches from (0, 0), chosen at run time
+// when the CPU has AVX-512F and the caller allows it (the tests compare both paths bit for
+// bit): per patch row, 16-lane column sums of its rows (masked loads; lanes past the row read
+// zeros), then neighbouring lanes summed in pairs and pairs of pairs, 32 columns per step.
+// The additions run in anchored_plane's order, so both paths give the same bits. Measured
+// (interleaved A/B in one process, 14 x 14 to 56 x 56 maps at batch 32): 25-45% less time
+// than anchored_plane for r = 4. The same code for r = 2 was slower than pairs_plane on 14 x 14
+// maps, and an AVX-512 spread no more than 5% faster; neither is kept.
+#define GRADFILT_AVX512_FN __attribute__((target("avx512f")))
+
+// The first n of 16 lanes (none when n <= 0).
+GRADFILT_AVX512_FN inline __mmask16 first_lanes(Index n) {
+  return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << std::max<Index>(n, 0)) - 1);
+}
+
+// 16 columns summed over `rows` (1 to 4) rows of stride W, in sum_rows' order.
+GRADFILT_AVX512_FN inline __m512 column_sums4(const float* s, Index W, Index rows, __mmask16 m) {
+  const __m512 s0 = _mm512_maskz_loadu_ps(m, s);
+  if (rows == 1) return s0;
+  const __m512 s01 = _mm512_add_ps(s0, _mm512_maskz_loadu_ps(m, s + W));
+  if (rows == 2) return s01;
+  const __m512 s2 = _mm512_maskz_loadu_ps(m, s + 2 * W);
+  if (rows == 3) return _mm512_add_ps(s01, s2);  // sum_rows<T, 0>: ((s0 + s1) + s2)
+  return _mm512_add_ps(s01, _mm512_add_ps(s2, _mm512_maskz_loadu_ps(m, s + 3 * W)));  // sum_rows<T, 4>
+}
+
+GRADFILT_AVX512_FN void quads_plane_avx512(const float* plane, float* out, Index H, Index W, Index n_ph,
+                                           Index n_pw) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  for (Index ph = 0; ph < n_ph; ++ph) {
+    const Index rows = std::min<Index>(4, H - 4 * ph);
+    const float* s = plane + 4 * ph * W;
+    float* o = out + ph * n_pw;
+    for (Index w0 = 0; w0 < W; w0 += 32) {
+      const __m512 a = column_sums4(s + w0, W, rows, first_lanes(W - w0));  // columns w0 .. w0 + 15
+      const __m512 b = W - w0 > 16 ? column_sums4(s + w0 + 16, W, rows, first_lanes(W - w0 - 16))
+                                   : _mm512_setzero_ps();  // columns w0 + 16 .. w0 + 31
+      // pairs[j] = columns (w0 + 2j) + (w0 + 2j + 1); quads[j] = pairs[2j] + pairs[2j + 1], j < 8
+      const __m512 pairs = _mm512_add_ps(_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b));
+      const __m512 quads = _mm512_add_ps(_mm512_permutexvar_ps(even, pairs), _mm512_permutexvar_ps(odd, pairs));
+      _mm512_mask_storeu_ps(o + w0 / 4, first_lanes(std::min<Index>(n_pw - w0 / 4, 8)), quads);
+    }
+  }
+}
+
+bool has_avx512() {
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+}
+#else
+bool has_avx512() { return false; }
+#endif
+
 template <typename T, int R>
 void patch_sums_with(const T* src, T* dst, const PatchSumArgs& a, bool anchored) {
   const bool pairs = R == 2 && anchored && a.H % 2 == 0 && a.W % 2 == 0;
@@ -168,6 +232,17 @@ void patch_sums(const T* src, T* dst, const PatchSumArgs& a) {
   // patches tile the map from (0, 0), the last ones possibly partial
   const bool anchored = a.row_start == 0 && a.col_start == 0 && a.n_ph == (a.H + a.r - 1) / a.r &&
                         a.n_pw == (a.W + a.r - 1) / a.r;
+#ifdef GRADFILT_AVX512
+  if constexpr (std::is_same_v<T, float>) {
+    if (anchored && a.r == 4 && a.simd && has_avx512()) {
+#pragma omp parallel for num_threads(a.threads) schedule(static)
+      for (Index p = 0; p < a.planes; ++p)
+        quads_plane_avx512(src + p * a.H * a.W, dst + (p / a.C) * a.dst_sn + (p % a.C) * a.dst_sc, a.H, a.W, a.n_ph,
+                           a.n_pw);
+      return;
+    }
+  }
+#endif
   if (anchored && a.r == 2)
     patch_sums_with<T, 2>(src, dst, a, true);
   else if (anchored && a.r == 4)
@@ -308,8 +383,8 @@ PyObject* py_patch_sums(PyObject*, PyObject* args) {
   int dtype;
   unsigned long long src, dst;
   PatchSumArgs a;
-  if (!PyArg_ParseTuple(args, "iKKnnnnnnnnnnni", &dtype, &src, &dst, &a.planes, &a.C, &a.H, &a.W, &a.r,
-                        &a.row_start, &a.n_ph, &a.col_start, &a.n_pw, &a.dst_sn, &a.dst_sc, &a.threads))
+  if (!PyArg_ParseTuple(args, "iKKnnnnnnnnnnnip", &dtype, &src, &dst, &a.planes, &a.C, &a.H, &a.W, &a.r,
+                        &a.row_start, &a.n_ph, &a.col_start, &a.n_pw, &a.dst_sn, &a.dst_sc, &a.threads, &a.simd))
     return nullptr;
   if (!valid(dtype, a.C, a.threads) || a.r < 1) {
     PyErr_SetString(PyExc_ValueError, "patch_sums: need dtype 0 or 1, C >= 1, threads >= 1 and r >= 1");
@@ -390,7 +465,10 @@ PyObject* py_taps(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
+PyObject* py_has_avx512(PyObject*, PyObject*) { return PyBool_FromLong(has_avx512()); }
+
 PyMethodDef methods[] = {
+    {"has_avx512", py_has_avx512, METH_NOARGS, "Whether patch_sums can use its AVX-512 loops on this CPU."},
     {"patch_sums", py_patch_sums, METH_VARARGS, "Patch sums of a contiguous (N, C, H, W) map (see the file header)."},
     {"spread", py_spread, METH_VARARGS, "Fill a contiguous (N, C, H, W) map from its patch grid (see the header)."},
     {"kernel_sums", py_taps<kernel_sums<float>, kernel_sums<double>>, METH_VARARGS,

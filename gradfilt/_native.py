@@ -21,7 +21,7 @@ try:
 except ImportError:
     _kernels = None
 
-__all__ = ["available", "usable", "patch_sums", "spread", "kernel_sums", "repeat_taps"]
+__all__ = ["available", "usable", "has_avx512", "patch_sums", "spread", "kernel_sums", "repeat_taps"]
 
 _DTYPES = {torch.float32: 0, torch.float64: 1}
 
@@ -36,12 +36,18 @@ def usable(*tensors: Tensor) -> bool:
     return _kernels is not None and all(t.device.type == "cpu" and t.dtype in _DTYPES for t in tensors)
 
 
+def has_avx512() -> bool:
+    """True when the compiled patch sums can use their AVX-512 loops (float32, r = 4) on this CPU."""
+    return _kernels is not None and _kernels.has_avx512()
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
 
 
-def patch_sums(x: Tensor, patch_size: int, start: tuple[int, int], counts: tuple[int, int]) -> Tensor:
+def patch_sums(x: Tensor, patch_size: int, start: tuple[int, int], counts: tuple[int, int],
+               simd: bool = True) -> Tensor:
     """Patch sums of ``x``, written channel-major for one GEMM over the batch.
 
     Patch (ph, pw) covers rows [start[0] + ph * r, start[0] + (ph + 1) * r) and columns
@@ -52,6 +58,7 @@ def patch_sums(x: Tensor, patch_size: int, start: tuple[int, int], counts: tuple
         patch_size: r >= 1.
         start: first row and column of patch (0, 0) (may be negative).
         counts: patches along height and width.
+        simd: allow the AVX-512 loops where they apply (:func:`has_avx512`); both give the same bits.
 
     Returns:
         Contiguous (C, N, counts[0], counts[1]).
@@ -63,7 +70,7 @@ def patch_sums(x: Tensor, patch_size: int, start: tuple[int, int], counts: tuple
     if out.numel():
         p = counts[0] * counts[1]
         _kernels.patch_sums(_DTYPES[x.dtype], x.data_ptr(), out.data_ptr(), n * c, c, h, w, patch_size,
-                            start[0], counts[0], start[1], counts[1], p, n * p, torch.get_num_threads())
+                            start[0], counts[0], start[1], counts[1], p, n * p, torch.get_num_threads(), simd)
     return out
 
 

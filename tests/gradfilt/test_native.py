@@ -40,6 +40,7 @@ SUMS = [
     (2, 3, 8, 12, 2, (0, 0), (4, 6)),
     (2, 3, 16, 8, 4, (0, 0), (4, 2)),
     (3, 2, 14, 14, 4, (0, 0), (4, 4)),
+    (2, 2, 7, 37, 4, (0, 0), (2, 10)),  # r = 4 rows longer than 32 columns, partial on both axes
     (1, 2, 9, 7, 2, (0, 0), (5, 4)),
     (2, 2, 10, 11, 3, (0, 0), (4, 4)),
     (2, 2, 6, 5, 1, (0, 0), (6, 5)),
@@ -71,6 +72,16 @@ def test_unrolled_pairs_add_in_the_order_of_the_row_loops(dtype):
     odd = _native.patch_sums(F.pad(x, [0, 1]), 2, (0, 0), (5, 7))
     assert torch.equal(even, odd[..., :6])
     assert torch.allclose(even, patch_sum(x, 2).transpose(0, 1))
+
+
+@pytest.mark.skipif(not _native.has_avx512(), reason="no AVX-512 on this CPU (or gradfilt._kernels not built)")
+@pytest.mark.parametrize("h,w", [(14, 14), (28, 28), (8, 16), (5, 33), (3, 70), (1, 1)])
+def test_avx512_patch_sums_give_the_bits_of_the_portable_loops(h, w):
+    x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(2))
+    counts = (-(-h // 4), -(-w // 4))
+    fast = _native.patch_sums(x, 4, (0, 0), counts)
+    assert torch.equal(fast, _native.patch_sums(x, 4, (0, 0), counts, simd=False))
+    assert torch.allclose(fast, patch_sum(x, 4).transpose(0, 1), rtol=1e-5, atol=1e-5)
 
 
 @needs_kernels
