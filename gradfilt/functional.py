@@ -365,10 +365,10 @@ def _collapse_backward(grad_y: Tensor, x_sum: Optional[Tensor], weight: Optional
     the batch as columns (channel-major, g~y as G: (C_out, B), x~ as X: (C_in, B)):
     grad_w[co, ci, :, :] = (G X^T)[co, ci], and grad_x~ = theta~^T G per phase pair, theta~ =
     the sum of the kernel taps that reach that phase (the whole kernel at stride 1); one GEMM
-    each per group, all phases at once. grad_x~ is patch-major (B, C_in) for ungrouped stride-1
-    convs (the faster GEMM) and channel-major (C_in, B) otherwise, so that the spread widens
-    contiguous grid rows. g_y is read once (patch sums) and grad_x written once (every pixel
-    takes its phase's value at its patch).
+    each per group, all phases at once. grad_x~ comes out patch-major, (B, C_in), for ungrouped
+    stride-1 convs (the faster GEMM there) and channel-major, (C_in, B), otherwise (one GEMM for
+    all stride phases, contiguous grid rows for the spread). g_y is read once (patch sums) and
+    grad_x written once (every pixel takes its phase's value at its patch).
     """
     n, c_out, h_out, w_out = grad_y.shape
     r = axes[0].patch
@@ -410,17 +410,18 @@ def _collapse_backward(grad_y: Tensor, x_sum: Optional[Tensor], weight: Optional
             # theta~^T G on the Table 10 shapes; the spread then reads each grid row at a stride of C_in
             grid = torch.mm(g[0].T, theta.view(c_out, c_in_g))  # (B, C_in)
             grid = grid.view(n, hp, wp, c_in_g).permute(0, 3, 1, 2)[:, :, None, :, None, :]  # (N, C_in, 1, Hp, 1, Wp)
-            return _spread(grid, axes), grad_w, grad_b  # (N, C_in, H, W)
-        # channel-major grad_x~: its rows are the grid rows the spread widens (unit column stride)
-        theta_t = theta.view(*phases, groups, c_out_g, c_in_g).permute(2, 4, 0, 1, 3)  # (G, C_in/G, Ph, Pw, C_out/G)
-        theta_t = theta_t.reshape(groups, c_in_g * n_ph, c_out_g)
-        if groups == 1:
-            grid = torch.mm(theta_t[0], g[0])[None]  # (1, (C_in, Ph, Pw), B)
-        elif c_out_g * c_in_g <= _TINY:
-            grid = (theta_t[:, :, :, None] * g[:, None, :, :]).sum(2)  # (G, (C_in / G, Ph, Pw), B)
         else:
-            grid = torch.bmm(theta_t, g)  # (G, (C_in / G, Ph, Pw), B)
-        grid = grid.view(x_shape[1], *phases, n, hp, wp).permute(3, 0, 1, 4, 2, 5)  # (N, C_in, Ph, Hp, Pw, Wp)
+            # channel-major grad_x~, all stride phases in one GEMM: its rows are the grid rows the spread widens
+            theta_t = theta.view(*phases, groups, c_out_g, c_in_g)  # (Ph, Pw, G, C_out/G, C_in/G)
+            theta_t = theta_t.permute(2, 4, 0, 1, 3)  # (G, C_in/G, Ph, Pw, C_out/G)
+            theta_t = theta_t.reshape(groups, c_in_g * n_ph, c_out_g)  # (G, (C_in/G, Ph, Pw), C_out/G)
+            if groups == 1:
+                grid = torch.mm(theta_t[0], g[0])[None]  # (1, (C_in, Ph, Pw), B)
+            elif c_out_g * c_in_g <= _TINY:
+                grid = (theta_t[:, :, :, None] * g[:, None, :, :]).sum(2)  # (G, (C_in / G, Ph, Pw), B)
+            else:
+                grid = torch.bmm(theta_t, g)  # (G, (C_in / G, Ph, Pw), B)
+            grid = grid.view(x_shape[1], *phases, n, hp, wp).permute(3, 0, 1, 4, 2, 5)  # (N, C_in, Ph, Hp, Pw, Wp)
         grad_x = _spread(grid, axes)  # (N, C_in, H, W)
     return grad_x, grad_w, grad_b
 
