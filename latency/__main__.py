@@ -3,10 +3,13 @@
     python -m latency [--device cpu|cuda] [--batch 32] [--cases table10|resnet18|mobilenet_v2|FILE ...]
                       [--patch-sizes 2 4] [--repeats N] [--min-time S] [--malloc default|heap] [--out DIR]
     python -m latency --mode step [--archs mobilenet_v2 resnet18] [--layers 2 4] [--patch-sizes 2 4] [--malloc ...]
+    python -m latency --mode parts [--cases table10 ...] [--patch-sizes 2 4] [--repeats N] [--min-time S] [--malloc ...]
 
 A FILE case list is a CSV with columns name,c_in,c_out,h,w[,kernel,stride,padding,dilation,groups].
-Writes ``conv.csv`` / ``step.csv`` and ``conv.png`` (speedup and normalized memory per case and
-patch size, like the paper's Figure 6) to ``--out`` and prints a Markdown summary.
+Writes ``conv.csv`` / ``step.csv`` / ``parts.csv`` and ``conv.png`` (speedup and normalized memory
+per case and patch size, like the paper's Figure 6) to ``--out`` and prints a Markdown summary.
+``--mode parts`` times each step of the filtered backward alone next to the whole op (ungrouped
+stride-1 cases only; others are skipped with a note).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from tqdm import tqdm
 
 from gradfilt import _native
 
-from .bench import ConvCase, bench_case, bench_steps, keep_freed_memory, model_cases, table10_cases, write_csv
+from .bench import (PARTS, ConvCase, bench_case, bench_parts, bench_steps, keep_freed_memory, model_cases,
+                    parts_supported, table10_cases, write_csv)
 
 CASE_SETS = {"table10": table10_cases, "resnet18": lambda: model_cases("resnet18"),
              "mobilenet_v2": lambda: model_cases("mobilenet_v2")}
@@ -74,6 +78,18 @@ def step_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def parts_markdown(rows: list[dict]) -> str:
+    """Markdown table of parts rows: each step of the filtered backward alone, their sum and the rest."""
+    lines = ["| case | r | torch ms | filtered ms | " + " | ".join(f"{p} ms" for p in PARTS)
+             + " | parts ms | rest ms | speedup | at parts ms |", "|---" * (len(PARTS) + 8) + "|"]
+    for r in rows:
+        lines.append(f"| {r['case']} | {r['patch_size']} | {r['torch_ms']:.1f} | {r['filtered_ms']:.2f} | "
+                     + " | ".join(f"{r[f'{p} ms']:.2f}" for p in PARTS)
+                     + f" | {r['parts_ms']:.2f} | {r['rest_ms']:.2f} | {r['speedup']:.1f}x"
+                     + f" | {r['parts_speedup']:.1f}x |")
+    return "\n".join(lines)
+
+
 def plot_conv(rows: list[dict], path: Path) -> None:
     """Speedup (log) and normalized memory per case and patch size, like the paper's Figure 6."""
     import matplotlib
@@ -109,7 +125,7 @@ def plot_conv(rows: list[dict], path: Path) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point."""
     parser = argparse.ArgumentParser(prog="python -m latency", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mode", choices=["conv", "step"], default="conv")
+    parser.add_argument("--mode", choices=["conv", "step", "parts"], default="conv")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--cases", nargs="+", default=["table10", "resnet18", "mobilenet_v2"],
@@ -117,7 +133,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--patch-sizes", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement, at least")
     parser.add_argument("--min-time", type=float, default=1.0,
-                        help="--mode conv: seconds of timed calls per measurement, at least (steadier fast cases)")
+                        help="--mode conv / parts: seconds of timed calls per measurement, at least "
+                             "(steadier fast cases)")
     parser.add_argument("--malloc", choices=["default", "heap"], default="default",
                         help="heap: glibc reuses freed blocks instead of mapping fresh pages for each large "
                              "tensor (both sides; see latency/README.md)")
@@ -157,6 +174,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cases = [c for spec in args.cases for c in _load_cases(spec)]
     except (ValueError, TypeError) as err:
         parser.error(str(err))
+    if args.mode == "parts":
+        skipped = [c.name for c in cases if not parts_supported(c, args.patch_sizes)]
+        cases = [c for c in cases if parts_supported(c, args.patch_sizes)]
+        if not cases:
+            parser.error("--mode parts needs ungrouped stride-1 cases whose kernel collapses at every --patch-sizes "
+                         "(dilation < r); none of the given cases is one")
+        if skipped:
+            print(f"--mode parts skips {len(skipped)} grouped, strided or dilated cases: {', '.join(skipped)}",
+                  file=sys.stderr)
+        rows = [row | {"malloc": args.malloc} for case in tqdm(cases, desc="cases")
+                for row in bench_parts(case, args.batch, args.patch_sizes, device, args.repeats, args.min_time)]
+        write_csv(rows, args.out / "parts.csv")
+        print(parts_markdown(rows))
+        print(f"\nwrote {args.out / 'parts.csv'}")
+        return 0
     rows = []
     for case in tqdm(cases, desc="cases"):
         rows += bench_case(case, args.batch, args.patch_sizes, device, args.repeats, args.min_time)

@@ -34,14 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradfilt import FilteredConv2d, _native, filtered_conv2d
+from gradfilt import FilteredConv2d, _native, filtered_conv2d, functional
 from gradfilt.cost import conv_cost, measure
 from gradfilt.models import build_model
 from gradfilt.strategy import train_last_layers
 from gradfilt.trace import LayerCall, trace_layers
 
-__all__ = ["ConvCase", "table10_cases", "model_cases", "keep_freed_memory", "time_rounds", "bench_case", "bench_steps",
-           "write_csv"]
+__all__ = ["ConvCase", "table10_cases", "model_cases", "keep_freed_memory", "time_rounds", "bench_case", "bench_parts",
+           "parts_supported", "PARTS", "bench_steps", "write_csv"]
 
 # Table 10 of the paper: (C_in, C_out, H, W), 3x3, stride 1, padding 1, batch 32
 TABLE10 = [(128, 128, 120, 160), (256, 256, 60, 80), (512, 512, 30, 40), (512, 512, 14, 14),
@@ -188,14 +188,7 @@ def bench_case(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: t
         repeats: timed calls per measurement (after 2 warm-up calls), at least.
         min_time: seconds of timed calls per measurement, at least (see :func:`time_rounds`).
     """
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    conv = case.conv()
-    x = torch.randn(batch, case.c_in, case.h, case.w, generator=gen).to(device).requires_grad_()
-    weight = (torch.randn(conv.weight.shape, generator=gen) * 0.05).to(device).requires_grad_()
-    args = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups)
-    y = F.conv2d(x, weight, **args)
-    grad_y = torch.randn(y.shape, generator=gen).to(device)
-
+    conv, x, weight, args, y, grad_y = _case_tensors(case, batch, device)
     # every measurement of the case in the same rounds: torch, the copy bound (read g_y once,
     # write one g_x-sized map), and per r the patch-grid GEMMs and the filtered backward; both
     # backwards through the autograd engine, which adds the same cost to each (about 0.3 ms for
@@ -235,6 +228,91 @@ def bench_case(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: t
             "flops_ratio": flops_torch / conv_cost(call, r, True, batch)[0],
         })
     return rows
+
+
+def _case_tensors(case: ConvCase, batch: int, device: torch.device):
+    """The case's conv, input x, weight, F.conv2d arguments, output y (torch's graph) and a random g_y."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    conv = case.conv()
+    x = torch.randn(batch, case.c_in, case.h, case.w, generator=gen).to(device).requires_grad_()
+    weight = (torch.randn(conv.weight.shape, generator=gen) * 0.05).to(device).requires_grad_()
+    args = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups)
+    y = F.conv2d(x, weight, **args)
+    grad_y = torch.randn(y.shape, generator=gen).to(device)
+    return conv, x, weight, args, y, grad_y
+
+
+def parts_supported(case: ConvCase, patch_sizes: Sequence[int]) -> bool:
+    """Whether :func:`bench_parts` can split the backward of ``case``: ungrouped, stride 1, collapsed kernel."""
+    return case.groups == 1 and case.stride == 1 and all(
+        functional.axis_modes(case.stride, case.dilation, r) == ("collapse", "collapse") for r in patch_sizes)
+
+
+def bench_parts(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: torch.device, repeats: int,
+                min_time: float = 0.0) -> list[dict]:
+    """Rows (one per patch size): the filtered backward of ``case`` and each of its parts timed alone.
+
+    The parts are the op's own steps on the op's own operands (from a real forward): the patch
+    sums of g_y, the grad_w GEMM, the tap repetition of grad_w, the kernel sums theta~, the
+    grad_x~ GEMM and the spread. They run in the same alternating rounds as torch's and the
+    filtered backward (both through autograd), so *parts ms* is what the op would take if its
+    Python, the autograd engine and the caches it shares between steps were free, and *rest ms*
+    = filtered - parts is what they cost. (Maps not divisible by r also rescale the patch grid,
+    which is not timed.)
+
+    Args:
+        case: an ungrouped stride-1 geometry whose kernel collapses (:func:`parts_supported`).
+        batch: images per step.
+        patch_sizes: r values.
+        device: where to run.
+        repeats: timed calls per measurement (after 2 warm-up calls), at least.
+        min_time: seconds of timed calls per measurement, at least.
+
+    Raises:
+        ValueError: ``case`` is grouped, strided, or its kernel does not collapse at some r.
+    """
+    if not parts_supported(case, patch_sizes):
+        raise ValueError(f"{case.name}: --mode parts splits ungrouped stride-1 convs whose kernel collapses "
+                         f"(dilation < r); got groups {case.groups}, stride {case.stride}, dilation {case.dilation}, "
+                         f"patch sizes {list(patch_sizes)}")
+    conv, x, weight, args, y, grad_y = _case_tensors(case, batch, device)
+    fns: dict[str, Callable[[], object]] = {
+        "torch": functools.partial(torch.autograd.grad, y, (x, weight), grad_y, retain_graph=True)}
+    for r in patch_sizes:
+        y_f = filtered_conv2d(x, weight, patch_size=r, **args)
+        x_sum, w = (t.detach() for t in y_f.grad_fn.saved_tensors)
+        axes = y_f.grad_fn.axes
+        hp, wp = axes[0].n_patches, axes[1].n_patches
+        g = functional._channel_major_sums(grad_y, r, (0, 0), (hp, wp)).view(case.c_out, -1)  # (C_out, B)
+        x_sum = x_sum.view(case.c_in, -1)  # (C_in, B)
+        grad_tap = torch.mm(g, x_sum.T)  # (C_out, C_in)
+        theta = functional._kernel_sums(w, 1.0)  # (C_out, C_in)
+        grid = functional._patch_major_grid(g, theta, batch, hp, wp)  # (N, C_in, 1, Hp, 1, Wp)
+        fns |= {
+            f"filtered {r}": functools.partial(torch.autograd.grad, y_f, (x, weight), grad_y, retain_graph=True),
+            f"patch sums {r}": functools.partial(functional._channel_major_sums, grad_y, r, (0, 0), (hp, wp)),
+            f"GEMM grad_w {r}": functools.partial(torch.mm, g, x_sum.T),
+            f"tap repetition {r}": functools.partial(functional._repeat_taps, grad_tap, w.shape, 1.0),
+            f"kernel sums {r}": functools.partial(functional._kernel_sums, w, 1.0),
+            f"GEMM grad_x~ {r}": functools.partial(functional._patch_major_grid, g, theta, batch, hp, wp),
+            f"spread {r}": functools.partial(functional._spread, grid, axes),
+        }
+    times = time_rounds(fns, device, repeats, min_time=min_time)
+    ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    rows = []
+    for r in patch_sizes:
+        parts = {part: ms[f"{part} {r}"] for part in PARTS}
+        total = sum(parts.values())
+        rows.append({"case": case.name, "batch": batch, "patch_size": r, "device": device.type,
+                     "kernels": "compiled" if _native.usable(x) else "pytorch", "torch_ms": ms["torch"],
+                     "filtered_ms": ms[f"filtered {r}"], **{f"{part} ms": t for part, t in parts.items()},
+                     "parts_ms": total, "rest_ms": ms[f"filtered {r}"] - total,
+                     "speedup": ms["torch"] / ms[f"filtered {r}"], "parts_speedup": ms["torch"] / total})
+    return rows
+
+
+# the steps of the filtered backward that bench_parts times, in the op's order
+PARTS = ("patch sums", "GEMM grad_w", "tap repetition", "kernel sums", "GEMM grad_x~", "spread")
 
 
 def _read_then_write(grad_y: torch.Tensor, x: torch.Tensor) -> None:

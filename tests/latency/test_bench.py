@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from latency.__main__ import main
-from latency.bench import ConvCase, bench_case, bench_steps, model_cases, table10_cases, time_rounds
+from latency.bench import PARTS, ConvCase, bench_case, bench_parts, bench_steps, model_cases, table10_cases, time_rounds
 
 
 def test_table10_cases_are_the_papers():
@@ -48,6 +48,36 @@ def test_cli_with_a_case_file(tmp_path, capsys):
     assert "| dw | 2 |" in out and "R2: median speedup" in out
     rows = list(csv.DictReader(open(tmp_path / "out" / "conv.csv")))
     assert rows[0]["case"] == "dw" and (tmp_path / "out" / "conv.png").stat().st_size > 0
+
+
+def test_bench_parts_splits_the_filtered_backward():
+    rows = bench_parts(ConvCase("t", 8, 16, 12, 10), batch=2, patch_sizes=[2, 4], device=torch.device("cpu"),
+                       repeats=1)
+    assert [r["patch_size"] for r in rows] == [2, 4]
+    for row in rows:
+        parts = [row[f"{part} ms"] for part in PARTS]
+        assert all(t > 0 for t in parts) and row["torch_ms"] > 0
+        assert row["parts_ms"] == pytest.approx(sum(parts))
+        assert row["rest_ms"] == pytest.approx(row["filtered_ms"] - row["parts_ms"])
+        assert row["parts_speedup"] == pytest.approx(row["torch_ms"] / row["parts_ms"])
+    for case in (ConvCase("s2", 8, 8, 12, 12, stride=2), ConvCase("dw", 8, 8, 12, 12, groups=8),
+                 ConvCase("d4", 8, 8, 12, 12, padding=4, dilation=4)):
+        with pytest.raises(ValueError, match=f"{case.name}: --mode parts splits ungrouped stride-1 convs"):
+            bench_parts(case, 2, [2], torch.device("cpu"), 1)
+
+
+def test_parts_mode_skips_the_cases_it_cannot_split(tmp_path, capsys):
+    spec = tmp_path / "cases.csv"
+    spec.write_text("name,c_in,c_out,h,w,kernel,stride,padding\nflat,8,8,8,8,3,1,1\ns2,8,8,9,9,3,2,1\n")
+    assert main(["--mode", "parts", "--cases", str(spec), "--batch", "2", "--patch-sizes", "2", "--repeats", "1",
+                 "--min-time", "0", "--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert "| flat | 2 |" in captured.out and "skips 1 grouped, strided or dilated cases: s2" in captured.err
+    assert [r["case"] for r in csv.DictReader(open(tmp_path / "out" / "parts.csv"))] == ["flat"]
+    spec.write_text("name,c_in,c_out,h,w,kernel,stride,padding\ns2,8,8,9,9,3,2,1\n")
+    with pytest.raises(SystemExit):
+        main(["--mode", "parts", "--cases", str(spec), "--out", str(tmp_path / "out")])
+    assert "none of the given cases is one" in capsys.readouterr().err
 
 
 def test_step_mode_splits_the_step(tmp_path, capsys):
