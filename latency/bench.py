@@ -194,13 +194,13 @@ def bench_case(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: t
     # backwards through the autograd engine, which adds the same cost to each (about 0.3 ms for
     # a 12 MB grad_x here, measured against calling the backward directly)
     fns: dict[str, Callable[[], object]] = {
-        "torch": functools.partial(torch.autograd.grad, y, (x, weight), grad_y, retain_graph=True),
+        "torch": _autograd_backward(y, x, weight, grad_y),
         "copy": functools.partial(_read_then_write, grad_y, x),
     }
     for r in patch_sizes:
         fns[f"gemm {r}"] = _gemms(case, batch, y.shape[2:], r, device)
         y_f = filtered_conv2d(x, weight, patch_size=r, **args)
-        fns[f"filtered {r}"] = functools.partial(torch.autograd.grad, y_f, (x, weight), grad_y, retain_graph=True)
+        fns[f"filtered {r}"] = _autograd_backward(y_f, x, weight, grad_y)
     times = time_rounds(fns, device, repeats, min_time=min_time)
     t_torch = _spread(times["torch"])
     t_copy = statistics.median(times["copy"])
@@ -242,6 +242,16 @@ def _case_tensors(case: ConvCase, batch: int, device: torch.device):
     return conv, x, weight, args, y, grad_y
 
 
+def _autograd_backward(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                       grad_y: torch.Tensor) -> Callable[[], object]:
+    """grad_x and grad_w of ``y`` through the autograd engine, keeping the graph for the next call."""
+    return functools.partial(torch.autograd.grad, y, (x, weight), grad_y, retain_graph=True)
+
+
+# the steps of the filtered backward that bench_parts times, in the op's order
+PARTS = ("patch sums", "GEMM grad_w", "tap repetition", "kernel sums", "GEMM grad_x~", "spread")
+
+
 def parts_supported(case: ConvCase, patch_sizes: Sequence[int]) -> bool:
     """Whether :func:`bench_parts` can split the backward of ``case``: ungrouped, stride 1, collapsed kernel."""
     return case.groups == 1 and case.stride == 1 and all(
@@ -276,8 +286,7 @@ def bench_parts(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: 
                          f"(dilation < r); got groups {case.groups}, stride {case.stride}, dilation {case.dilation}, "
                          f"patch sizes {list(patch_sizes)}")
     conv, x, weight, args, y, grad_y = _case_tensors(case, batch, device)
-    fns: dict[str, Callable[[], object]] = {
-        "torch": functools.partial(torch.autograd.grad, y, (x, weight), grad_y, retain_graph=True)}
+    fns: dict[str, Callable[[], object]] = {"torch": _autograd_backward(y, x, weight, grad_y)}
     for r in patch_sizes:
         y_f = filtered_conv2d(x, weight, patch_size=r, **args)
         x_sum, w = (t.detach() for t in y_f.grad_fn.saved_tensors)
@@ -289,7 +298,7 @@ def bench_parts(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: 
         theta = functional._kernel_sums(w, 1.0)  # (C_out, C_in)
         grid = functional._patch_major_grid(g, theta, batch, hp, wp)  # (N, C_in, 1, Hp, 1, Wp)
         fns |= {
-            f"filtered {r}": functools.partial(torch.autograd.grad, y_f, (x, weight), grad_y, retain_graph=True),
+            f"filtered {r}": _autograd_backward(y_f, x, weight, grad_y),
             f"patch sums {r}": functools.partial(functional._channel_major_sums, grad_y, r, (0, 0), (hp, wp)),
             f"GEMM grad_w {r}": functools.partial(torch.mm, g, x_sum.T),
             f"tap repetition {r}": functools.partial(functional._repeat_taps, grad_tap, w.shape, 1.0),
@@ -310,9 +319,6 @@ def bench_parts(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: 
                      "speedup": ms["torch"] / ms[f"filtered {r}"], "parts_speedup": ms["torch"] / total})
     return rows
 
-
-# the steps of the filtered backward that bench_parts times, in the op's order
-PARTS = ("patch sums", "GEMM grad_w", "tap repetition", "kernel sums", "GEMM grad_x~", "spread")
 
 
 def _read_then_write(grad_y: torch.Tensor, x: torch.Tensor) -> None:
