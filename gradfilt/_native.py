@@ -93,7 +93,8 @@ def spread(grid: Tensor, row_offsets: Tensor, col_offsets: Tensor, widen: Option
         ValueError: a bad grid or offset tensor, a read outside the grid's storage, or col_offsets
             breaking the widen promise (checked in C before anything is written).
     """
-    _check(usable(grid) and grid.dim() >= 2 and min(grid.stride()[:2]) >= 0, "spread needs a CPU float grid (N, C, ...)")
+    _check(usable(grid) and grid.dim() >= 2 and min(grid.stride()[:2]) >= 0,
+           "spread needs a CPU float grid (N, C, ...)")
     for offsets, name in ((row_offsets, "row_offsets"), (col_offsets, "col_offsets")):
         _check(offsets.dtype == torch.int64 and offsets.dim() == 1 and offsets.is_contiguous()
                and offsets.device.type == "cpu", f"{name} must be a contiguous 1-D int64 CPU tensor")
@@ -124,8 +125,8 @@ def kernel_sums(weight: Tensor, scale: float) -> Tensor:
     _check(usable(weight) and weight.dim() == 4 and weight.is_contiguous(), "kernel_sums needs a contiguous 4-D weight")
     c_out, c_in_g, kh, kw = weight.shape
     out = torch.empty(c_out, c_in_g, dtype=weight.dtype)  # (C_out, C_in / G)
-    _kernels.kernel_sums(_DTYPES[weight.dtype], weight.data_ptr(), out.data_ptr(), c_out * c_in_g, kh * kw, float(scale),
-                      torch.get_num_threads())
+    _kernels.kernel_sums(_DTYPES[weight.dtype], weight.data_ptr(), out.data_ptr(), c_out * c_in_g, kh * kw,
+                         float(scale), torch.get_num_threads())
     return out
 
 

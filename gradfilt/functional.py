@@ -259,7 +259,10 @@ _TINY = 4  # groups with at most this many (C_out / G) x (C_in / G) pairs skip b
 
 
 def _fast_patch_sum(x: Tensor, r: int, out: Tensor) -> Tensor:
-    """patch_sum for H and W divisible by r into ``out`` (any strides), as r + r strided adds (faster than avg_pool2d)."""
+    """patch_sum for H and W divisible by r into ``out`` (any strides), as r + r strided adds.
+
+    Faster than avg_pool2d on these shapes.
+    """
     cols = x[..., 0::r] + x[..., 1::r] if r > 1 else x  # (N, C, H, W / r)
     for i in range(2, r):
         cols += x[..., i::r]
@@ -498,7 +501,7 @@ class _FilteredConv2dFn(torch.autograd.Function):
         if need_x:
             n, c_in = ctx.x_shape[:2]
             grid_shape = (n, c_in, ax_h.needed[1] - ax_h.needed[0], ax_w.needed[1] - ax_w.needed[0])
-            # theta~ per stride phase: sum of the taps that reach pixels of that phase, (Ph, Pw, C_out, C_in/g, kh', kw')
+            # theta~ per stride phase: the sum of the taps that reach its pixels, (Ph, Pw, C_out, C_in/g, kh', kw')
             phase_kernels = torch.einsum(
                 "aiu,bjv,ocuv->abocij", ax_h.tap_matrix(weight), ax_w.tap_matrix(weight), weight
             )

@@ -115,7 +115,8 @@ def _cbr(module: nn.Module) -> list[str]:
         return ["0"]
     if _class_is(module, "ConvModule") and isinstance(getattr(module, "conv", None), nn.Conv2d):
         return ["conv"]
-    _expect(module, False, "a conv-norm-act block (Conv2dNormActivation, a Sequential starting with Conv2d, ConvModule)")
+    _expect(module, False,
+            "a conv-norm-act block (Conv2dNormActivation, a Sequential starting with Conv2d, ConvModule)")
     return []
 
 

@@ -40,7 +40,8 @@ def _load_cases(spec: str) -> list[ConvCase]:
     if not path.is_file():
         raise ValueError(f"unknown case set {spec!r}: valid sets are {sorted(CASE_SETS)} or a CSV file")
     with open(path, newline="") as f:
-        return [ConvCase(row.pop("name"), **{k: int(v) for k, v in row.items() if v != ""}) for row in csv.DictReader(f)]
+        rows = list(csv.DictReader(f))
+    return [ConvCase(row.pop("name"), **{k: int(v) for k, v in row.items() if v != ""}) for row in rows]
 
 
 def _kb(nbytes: float) -> str:

@@ -351,7 +351,8 @@ def bench_steps(arch: str, layers: int, patch_sizes: Sequence[Optional[int]], ba
     """Median milliseconds of one fine-tuning step per patch size, split into forward / backward / SGD step.
 
     The set-ups (one model each) are timed in alternating rounds (:func:`time_rounds`, one step
-    of each per round after 2 warm-up steps each, which ``_step`` records too), so that they are compared on the same machine state.
+    of each per round after 2 warm-up steps each, which ``_step`` records too), so that they are
+    compared on the same machine state.
 
     Args:
         arch: mobilenet_v2 or resnet18 (any gradfilt.models arch).
