@@ -5,10 +5,11 @@
 // grad_x once by giving every pixel its patch's value. torch's strided element-wise kernels
 // run those two passes 3-7x slower than these loops on short rows; on 14 x 14 to 56 x 56 maps
 // these loops still take 1.4-4x as long as torch's own sum / fill over the same bytes (their
-// per-row work, not bandwidth: latency/README.md). gradfilt/_native.py checks every argument (shapes, strides, dtypes, index
-// ranges) and falls back to the pure-PyTorch versions when this module is not built. The
-// module uses the Python C API only (no torch headers); OpenMP resolves to the libgomp torch
-// has already loaded, and the thread count is passed in from torch.get_num_threads().
+// per-row work, not bandwidth: latency/README.md). gradfilt/_native.py checks every argument
+// (shapes, strides, dtypes, index ranges) and falls back to the pure-PyTorch versions when
+// this module is not built. The module uses the Python C API only (no torch headers); OpenMP
+// resolves to the libgomp torch has already loaded, and the thread count is passed in from
+// torch.get_num_threads().
 //
 // patch_sums(dtype, src, dst, planes, C, H, W, r, row_start, n_ph, col_start, n_pw,
 //            dst_sn, dst_sc, threads, simd)
@@ -158,7 +159,7 @@ void pairs_plane(const T* __restrict plane, T* __restrict out, const PatchSumArg
 // bit): per patch row, 16-lane column sums of its rows (masked loads; lanes past the row read
 // zeros), then neighbouring lanes summed in pairs and pairs of pairs, 32 columns per step.
 // The additions run in anchored_plane's order, so both paths give the same bits. Measured
-// (interleaved A/B in one process, 14 x 14 to 56 x 56 maps at batch 32): 25-45% less time
+// (interleaved A/B in one process, 14 x 14 to 56 x 56 maps at batch 32): 22-43% less time
 // than anchored_plane for r = 4. The same code for r = 2 was slower than pairs_plane on 14 x 14
 // maps, and an AVX-512 spread mostly 5-8% faster than the loops below; neither is kept.
 #define GRADFILT_AVX512_FN __attribute__((target("avx512f")))

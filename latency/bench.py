@@ -289,23 +289,8 @@ def bench_parts(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: 
     fns: dict[str, Callable[[], object]] = {"torch": _autograd_backward(y, x, weight, grad_y)}
     for r in patch_sizes:
         y_f = filtered_conv2d(x, weight, patch_size=r, **args)
-        x_sum, w = (t.detach() for t in y_f.grad_fn.saved_tensors)
-        axes = y_f.grad_fn.axes
-        hp, wp = axes[0].n_patches, axes[1].n_patches
-        g = functional._channel_major_sums(grad_y, r, (0, 0), (hp, wp)).view(case.c_out, -1)  # (C_out, B)
-        x_sum = x_sum.view(case.c_in, -1)  # (C_in, B)
-        grad_tap = torch.mm(g, x_sum.T)  # (C_out, C_in)
-        theta = functional._kernel_sums(w, 1.0)  # (C_out, C_in)
-        grid = functional._patch_major_grid(g, theta, batch, hp, wp)  # (N, C_in, 1, Hp, 1, Wp)
-        fns |= {
-            f"filtered {r}": _autograd_backward(y_f, x, weight, grad_y),
-            f"patch sums {r}": functools.partial(functional._channel_major_sums, grad_y, r, (0, 0), (hp, wp)),
-            f"GEMM grad_w {r}": functools.partial(torch.mm, g, x_sum.T),
-            f"tap repetition {r}": functools.partial(functional._repeat_taps, grad_tap, w.shape, 1.0),
-            f"kernel sums {r}": functools.partial(functional._kernel_sums, w, 1.0),
-            f"GEMM grad_x~ {r}": functools.partial(functional._patch_major_grid, g, theta, batch, hp, wp),
-            f"spread {r}": functools.partial(functional._spread, grid, axes),
-        }
+        fns[f"filtered {r}"] = _autograd_backward(y_f, x, weight, grad_y)
+        fns |= {f"{part} {r}": fn for part, fn in _part_fns(y_f, grad_y).items()}
     times = time_rounds(fns, device, repeats, min_time=min_time)
     ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
     rows = []
@@ -319,6 +304,29 @@ def bench_parts(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: 
                      "speedup": ms["torch"] / ms[f"filtered {r}"], "parts_speedup": ms["torch"] / total})
     return rows
 
+
+def _part_fns(y_f: torch.Tensor, grad_y: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
+    """The steps of the filtered backward of ``y_f`` (in :data:`PARTS` order), each on the op's own operands.
+
+    The mean's 1 / r^2 is left out (scale 1), so the tap repetition returns r^2 * grad_w and the
+    spread r^2 * grad_x for maps divisible by r.
+    """
+    x_sum, w = (t.detach() for t in y_f.grad_fn.saved_tensors)
+    axes = y_f.grad_fn.axes
+    r, n = axes[0].patch, grad_y.shape[0]
+    hp, wp = axes[0].n_patches, axes[1].n_patches
+    g = functional._channel_major_sums(grad_y, r, (0, 0), (hp, wp)).view(grad_y.shape[1], -1)  # (C_out, B)
+    x_sum = x_sum.view(w.shape[1], -1)  # (C_in, B)
+    grad_tap = torch.mm(g, x_sum.T)  # (C_out, C_in)
+    theta = functional._kernel_sums(w, 1.0)  # (C_out, C_in)
+    grid = functional._patch_major_grid(g, theta, n, hp, wp)  # (N, C_in, 1, Hp, 1, Wp)
+    fns = (functools.partial(functional._channel_major_sums, grad_y, r, (0, 0), (hp, wp)),
+           functools.partial(torch.mm, g, x_sum.T),
+           functools.partial(functional._repeat_taps, grad_tap, w.shape, 1.0),
+           functools.partial(functional._kernel_sums, w, 1.0),
+           functools.partial(functional._patch_major_grid, g, theta, n, hp, wp),
+           functools.partial(functional._spread, grid, axes))
+    return dict(zip(PARTS, fns))
 
 
 def _read_then_write(grad_y: torch.Tensor, x: torch.Tensor) -> None:

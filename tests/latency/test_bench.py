@@ -9,8 +9,10 @@ import time
 import pytest
 import torch
 
+from gradfilt import filtered_conv2d
 from latency.__main__ import main
-from latency.bench import PARTS, ConvCase, bench_case, bench_parts, bench_steps, model_cases, table10_cases, time_rounds
+from latency.bench import (PARTS, ConvCase, _part_fns, bench_case, bench_parts, bench_steps, model_cases,
+                           table10_cases, time_rounds)
 
 
 def test_table10_cases_are_the_papers():
@@ -64,6 +66,24 @@ def test_bench_parts_splits_the_filtered_backward():
                  ConvCase("d4", 8, 8, 12, 12, padding=4, dilation=4)):
         with pytest.raises(ValueError, match=f"{case.name}: --mode parts splits ungrouped stride-1 convs"):
             bench_parts(case, 2, [2], torch.device("cpu"), 1)
+
+
+@pytest.mark.parametrize("r", [2, 4])
+def test_the_timed_parts_are_the_ops_own_steps(r):
+    # chained, the parts give the op's gradients times r^2 (the mean's 1 / r^2 left out, exact
+    # for a power of two): they time the op's real operands and layouts, not look-alikes
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 6, 8, 8, generator=gen, requires_grad=True)
+    weight = torch.randn(5, 6, 3, 3, generator=gen, requires_grad=True)
+    grad_y = torch.randn(2, 5, 8, 8, generator=gen)
+    y = filtered_conv2d(x, weight, padding=1, patch_size=r)
+    grad_x, grad_w = torch.autograd.grad(y, (x, weight), grad_y)
+    y = filtered_conv2d(x, weight, padding=1, patch_size=r)
+    parts = _part_fns(y, grad_y)
+    assert list(parts) == list(PARTS)
+    assert torch.allclose(parts["tap repetition"]() / r**2, grad_w, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(parts["spread"]() / r**2, grad_x, rtol=1e-5, atol=1e-6)
+    assert parts["patch sums"]().shape == (5, 2, 8 // r, 8 // r)
 
 
 def test_parts_mode_skips_the_cases_it_cannot_split(tmp_path, capsys):
