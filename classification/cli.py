@@ -1,32 +1,39 @@
-"""``python -m classification {fit,validate,test} --config A.yaml [--config B.yaml ...] [--key value ...]``.
+"""``python -m classification {fit,validate,test,cost} --config A.yaml [--config B.yaml ...] [--key value ...]``.
 
 LightningCLI over :class:`ClassificationModule` and :class:`ClassificationData`: their typed
 ``__init__`` signatures are the schema (unknown keys are errors), ``data.dataset`` fills
 ``model.num_classes`` and ``data.image_size`` fills ``model.image_size``. Unless
 ``trainer.logger`` is set, each run logs to TensorBoard under
-``<runs_dir>/<table>/<arch>/<dataset>/<run_name or strategy>/version_N`` where the resolved
+``<runs_dir>/<table>/<arch>/<dataset>/<run_name or method tag>/version_N`` where the resolved
 ``config.yaml`` is saved too, and the best checkpoint (by Val/Acc) is copied to
-``<runs_dir>/<table>/<arch>/<dataset>/<run_name or strategy>/best.ckpt`` for the next stage.
+``<runs_dir>/<table>/<arch>/<dataset>/<run_name or method tag>/best.ckpt`` for the next stage.
+``cost`` takes the same configs and overrides as ``fit`` and prints the method's cost table
+(``--json``: one JSON object; ``--measure``: also the bytes autograd keeps in one real step).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 from jsonargparse import Namespace
 
-from .data import ClassificationData, num_classes_of
-from .module import ClassificationModule, strategy_tag
+from gradfilt.cost import measure, print_report
 
-__all__ = ["ClassificationCLI", "ExportBest", "main", "run_dir", "resolve_config", "configured_model"]
+from .data import ClassificationData, num_classes_of
+from .module import ClassificationModule, method_of
+
+__all__ = ["ClassificationCLI", "ExportBest", "main", "run_dir", "resolve_config", "configured_model", "cost_main"]
 
 
 class ExportBest(Callback):
@@ -57,7 +64,7 @@ class ExportBest(Callback):
 
 
 def run_dir(runs_dir: str, table: str, arch: str, dataset: str, name: str) -> Path:
-    """``<runs_dir>/<table>/<arch>/<dataset>/<name>``, the folder of one strategy's runs."""
+    """``<runs_dir>/<table>/<arch>/<dataset>/<name>``, the folder of one method's runs."""
     return Path(runs_dir) / table / arch / dataset / name
 
 
@@ -68,14 +75,15 @@ class ClassificationCLI(LightningCLI):
         parser.add_argument("--table", type=str, default="misc", help="experiment group, e.g. table2, table11")
         parser.add_argument("--runs_dir", type=str, default="runs", help="root of the TensorBoard logs")
         parser.add_argument("--run_name", type=Optional[str], default=None,
-                            help="run folder name; default: the strategy tag (e.g. R2-2L)")
+                            help="run folder name; default: the method's tag (e.g. R2-2L)")
         parser.link_arguments("data.dataset", "model.num_classes", compute_fn=num_classes_of, apply_on="parse")
         parser.link_arguments("data.image_size", "model.image_size", apply_on="parse")
 
     def _run_folder(self) -> Path:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         m = cfg.model
-        name = cfg.run_name or strategy_tag(m.trainable_layers, m.patch_size, m.filter_install, m.freeze)
+        method = m.method.as_dict() if isinstance(m.method, Namespace) else m.method
+        name = cfg.run_name or method_of(method).tag
         return run_dir(cfg.runs_dir, cfg.table, m.arch, cfg.data.dataset, name)
 
     def instantiate_trainer(self, **kwargs) -> pl.Trainer:
@@ -89,13 +97,17 @@ class ClassificationCLI(LightningCLI):
         return trainer
 
 
-def main(args: Optional[Sequence[str]] = None, run: bool = True) -> ClassificationCLI:
+def main(args: Optional[Sequence[str]] = None, run: bool = True) -> Optional[ClassificationCLI]:
     """Entry point (``python -m classification``); ``args`` replaces sys.argv[1:] when given.
 
     Args:
         args: command-line arguments; None reads sys.argv.
         run: run the subcommand (False: only parse and instantiate, ``args`` without a subcommand).
     """
+    argv = list(sys.argv[1:] if args is None else args)
+    if run and argv[:1] == ["cost"]:
+        cost_main(argv[1:])
+        return None
     checkpoint = ModelCheckpoint(monitor="Val/Acc", mode="max", filename="best-{epoch}", save_last=True)
     cli = ClassificationCLI(
         ClassificationModule,
@@ -118,7 +130,7 @@ def resolve_config(args: Sequence[str]) -> Namespace:
     """The resolved config of ``--config A.yaml [--config B.yaml ...] [--key value ...]`` (no subcommand).
 
     Nothing is instantiated: no data is read and no weights are loaded. Used by
-    ``python -m gradfilt.cost --config ...``.
+    ``python -m classification cost``.
 
     Args:
         args: command-line style arguments.
@@ -135,3 +147,34 @@ def configured_model(config: Namespace) -> ClassificationModule:
         config: the result of :func:`resolve_config`.
     """
     return ClassificationModule(**{**config.model.as_dict(), "weights": None, "init_from": None})
+
+
+def cost_main(argv: Sequence[str]) -> dict:
+    """``python -m classification cost --config ... [overrides as for fit] [--json] [--measure]``.
+
+    Sets the configured network up as ``fit`` would (random weights: ``weights`` and ``init_from``
+    change no shape or cost) and prints the method's cost in the paper's convention (batch 1).
+
+    Args:
+        argv: the arguments after ``cost``.
+
+    Returns:
+        The printed report as a dict (``measured_bytes`` added with ``--measure``).
+    """
+    own = {"--json", "--measure"}
+    flags = {a for a in argv if a in own}
+    config = resolve_config([a for a in argv if a not in own])
+    module = configured_model(config)
+    report = module.cost
+    result = report.to_dict() | {"method": module.method.tag}
+    if "--measure" in flags:
+        module.train()  # the run's train/eval flags (frozen BN stays in eval mode)
+        size = module.hparams.image_size
+        result["measured_bytes"] = {"as configured": measure(module.model, torch.randn(2, 3, size, size))}
+    if "--json" in flags:
+        print(json.dumps(result))
+    else:
+        print(f"method {module.method.tag} on {module.hparams.arch}, {module.hparams.image_size}x"
+              f"{module.hparams.image_size}, {module.hparams.num_classes} classes")
+        print_report(report, result.get("measured_bytes"))
+    return result

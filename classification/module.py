@@ -1,20 +1,20 @@
-"""The LightningModule of every classification run: network, training strategy, optimizer.
+"""The LightningModule of every classification run: network, training method, optimizer.
 
-The typed ``__init__`` is the config schema (``model:`` section). A strategy is either the
-paper's ``trainable_layers: N`` (+ ``patch_size: r``): the last N main-path convs and the
-classifier train, gradient filters go on those convs, everything else is frozen; or explicit
-``filter_install`` / ``freeze`` lists in gradfilt's dotted-path syntax. Set-up order: build,
-load weights (``weights: imagenet`` or ``init_from`` an earlier stage's checkpoint), fold BN
-(``fuse_bn``), install filters, freeze. Parameters are never re-created after that, so the
-optimizer Lightning builds later sees exactly the trainable ones.
+The typed ``__init__`` is the config schema (``model:`` section). The training method is a
+:class:`gradfilt.methods.Method` given as ``model.method`` (``class_path`` / ``init_args``,
+e.g. ``class_path: GradientFilter``, ``init_args: {layers: 2, patch_size: 4}``); any registered
+or importable Method subclass works without a change here. Set-up order: build, load weights
+(``weights: imagenet`` or ``init_from`` an earlier stage's checkpoint), fold BN (``fuse_bn``),
+then ``method.apply``. Parameters are never re-created after that, so the optimizer Lightning
+builds later sees exactly the trainable ones. Every training step calls the method's hooks:
+``select_samples`` before the forward pass, ``before_backward`` and ``after_backward``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Literal, Optional
 from urllib.error import URLError
 
 import pytorch_lightning as pl
@@ -24,23 +24,23 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision import models as tv
 
-from gradfilt import FilterSpec, freeze as freeze_paths, install_filters
-from gradfilt.cost import estimate_configured
+from gradfilt import classifier_name
+from gradfilt.freeze import keep_bn_eval
 from gradfilt.fuse import fuse_bn as fold_bn
+from gradfilt.methods import Method, Vanilla, build_method
 from gradfilt.models import build_model
 from gradfilt.paths import replace_module
-from gradfilt.strategy import classifier_name, train_last_layers
 
-__all__ = ["ClassificationModule", "strategy_tag", "imagenet_model"]
+__all__ = ["ClassificationModule", "imagenet_model", "method_of"]
 
 
-def strategy_tag(trainable_layers: Union[int, str], patch_size: Optional[int],
-                 filter_install: Optional[list] = None, freeze: Optional[list] = None) -> str:
-    """Short run name of a strategy: ``vanilla-all``, ``vanilla-2L``, ``R4-2L`` or ``custom``."""
-    if filter_install or freeze:
-        return "custom"
-    depth = "all" if trainable_layers == "all" else f"{trainable_layers}L"
-    return f"{'vanilla' if patch_size is None else f'R{patch_size}'}-{depth}"
+def method_of(config: Optional[dict]) -> Method:
+    """The Method of a ``model.method`` config value (None: vanilla BP on every layer).
+
+    Args:
+        config: ``{class_path, init_args}`` as LightningCLI writes it to config.yaml, a Method, or None.
+    """
+    return Vanilla() if config is None else build_method(config)
 
 
 def imagenet_model(arch: str, num_classes: int) -> nn.Module:
@@ -103,7 +103,7 @@ class _WarmupCosine:
 
 
 class ClassificationModule(pl.LightningModule):
-    """A network trained with one strategy.
+    """A network trained with one method.
 
     Args:
         arch: a key of gradfilt.models.ARCHS (mobilenet_v2, resnet18, resnet34, mcunet).
@@ -111,12 +111,10 @@ class ClassificationModule(pl.LightningModule):
         image_size: input side (linked from the data module); used to trace the network.
         weights: null (random init) or imagenet (torchvision's weights, needs the network once).
         init_from: Lightning checkpoint of an earlier stage (e.g. pretraining) to start from.
-        trainable_layers: the paper's "#Layers": the last N main-path convs + the classifier train; all: every layer.
-        patch_size: gradient filter r on those N convs; null: vanilla BP.
-        filter_install: explicit filter list (path / patch_size / type), instead of patch_size.
-        freeze: explicit freeze list ("~path" un-freezes), instead of trainable_layers.
-        fuse_bn: fold BatchNorm into the preceding convs before training.
-        bn_eval: keep every BatchNorm in eval mode (running statistics do not move).
+        method: the training method (a gradfilt Method: Vanilla, GradientFilter, ...); default:
+            vanilla BP on every layer.
+        fuse_bn: fold BatchNorm into the preceding convs before the method is applied.
+        bn_eval: keep every BatchNorm in eval mode (running statistics do not move), trainable or not.
         optimizer: sgd or adam.
         lr: peak learning rate.
         momentum: SGD momentum.
@@ -132,10 +130,7 @@ class ClassificationModule(pl.LightningModule):
         image_size: int = 224,
         weights: Optional[Literal["imagenet"]] = None,
         init_from: Optional[str] = None,
-        trainable_layers: Union[int, Literal["all"]] = "all",
-        patch_size: Optional[int] = None,
-        filter_install: Optional[list[FilterSpec]] = None,
-        freeze: Optional[list[str]] = None,
+        method: Optional[Method] = None,
         fuse_bn: bool = False,
         bn_eval: bool = False,
         optimizer: Literal["sgd", "adam"] = "sgd",
@@ -146,33 +141,25 @@ class ClassificationModule(pl.LightningModule):
         warmup_epochs: int = 0,
     ) -> None:
         super().__init__()
-        filter_install = [FilterSpec.parse(s if isinstance(s, FilterSpec) else dict(s)) for s in filter_install or []]
-        self.save_hyperparameters(ignore=["filter_install"])
-        self.hparams["filter_install"] = [asdict(s) for s in filter_install] or None
-        if patch_size is not None and filter_install:
-            raise ValueError("give either model.patch_size (with trainable_layers) or model.filter_install, not both")
-        if freeze is not None and trainable_layers != "all":
-            raise ValueError("give either model.trainable_layers or model.freeze, not both")
-        if isinstance(trainable_layers, int) and trainable_layers < 0:
-            raise ValueError(f"model.trainable_layers must be >= 0 or 'all', got {trainable_layers}")
+        self.save_hyperparameters(ignore=["method"])
+        self.method = method_of(method)
+        self.hparams["method"] = self.method.config()
         if warmup_epochs < 0:
             raise ValueError(f"model.warmup_epochs must be >= 0, got {warmup_epochs}")
-        self.strategy = strategy_tag(trainable_layers, patch_size, filter_install, freeze)
 
         model = imagenet_model(arch, num_classes) if weights == "imagenet" else build_model(arch, num_classes)
         if init_from is not None:
             _load_stage_checkpoint(model, init_from)
-        example = torch.zeros(1, 3, image_size, image_size)
         if fuse_bn:
             fold_bn(model, torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)))
         try:
-            train_last_layers(model, trainable_layers, patch_size, example)
+            self.method.apply(model, torch.zeros(1, 3, image_size, image_size))
         except ValueError as err:
-            raise ValueError(f"model.trainable_layers={trainable_layers} for {arch}: {err}") from None
-        install_filters(model, filter_install)  # the explicit forms (exclusive with the two above)
-        freeze_paths(model, freeze or [])
+            raise ValueError(f"model.method ({self.method.tag}) on {arch}: {err}") from None
+        if bn_eval:
+            keep_bn_eval(model)
         self.model = model
-        self.cost = estimate_configured(model, image_size)  # batch 1, the paper's columns
+        self.cost = self.method.cost(model, image_size)  # batch 1, the paper's columns
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -180,19 +167,12 @@ class ClassificationModule(pl.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
-    def train(self, mode: bool = True) -> "ClassificationModule":
-        super().train(mode)
-        if mode and self.hparams.bn_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
-
     def on_fit_start(self) -> None:
         if self.logger is not None:
             metrics = {"Cost/BackwardFLOPs": float(self.cost.backward_flops),
-                       "Cost/ActivationBytes": float(self.cost.activation_bytes)}
-            self.logger.log_hyperparams({**self.hparams, "strategy": self.strategy}, metrics)
+                       "Cost/ActivationBytes": float(self.cost.activation_bytes),
+                       "Cost/TrainableParams": float(self.cost.trainable_params)}
+            self.logger.log_hyperparams({**self.hparams, **self.method.fields()}, metrics)
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str, acc: MulticlassAccuracy) -> Tensor:
         x, y = batch
@@ -204,9 +184,23 @@ class ClassificationModule(pl.LightningModule):
         self.log(f"{stage}/Acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Optional[Tensor]:
         self.log("Train/LR", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
-        return self._step(batch, "Train", self.train_acc)
+        x, y = batch
+        keep = self.method.select_samples(self.model, x, y, self.global_step)
+        if keep is not None:
+            x, y = x[keep], y[keep]
+            self.log("Method/KeptFraction", len(y) / len(batch[1]), on_step=True, on_epoch=True,
+                     batch_size=len(batch[1]))
+            if len(y) == 0:
+                return None  # Lightning skips the backward and the optimizer step
+        return self._step((x, y), "Train", self.train_acc)
+
+    def on_before_backward(self, loss: Tensor) -> None:
+        self.method.before_backward(self.model, loss, self.global_step)
+
+    def on_after_backward(self) -> None:
+        self.method.after_backward(self.model, self.global_step)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "Val", self.val_acc)
@@ -218,7 +212,7 @@ class ClassificationModule(pl.LightningModule):
         hp = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
-            raise ValueError("the strategy leaves no parameter trainable")
+            raise ValueError(f"the method {self.method.tag} leaves no parameter trainable")
         if hp.optimizer == "sgd":
             opt = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
         else:

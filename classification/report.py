@@ -1,7 +1,7 @@
 """``python -m classification.report RUNS [RUNS ...] [--csv FILE] [--png FILE] [--all-versions]``.
 
 Reads the TensorBoard event files and resolved ``config.yaml`` of every run under the given
-folders and prints the paper-style table (strategy, #layers, patch size, best validation
+folders and prints the paper-style table (method, #layers, patch size, best validation
 accuracy, test accuracy when a test ran, backward FLOPs and activation memory from the cost
 model) as Markdown; writes it as CSV, and plots accuracy against backward FLOPs (log scale)
 like the paper's Figure 4. The versions of a run folder (a fit, a later test) form one row.
@@ -20,11 +20,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from gradfilt.cost import format_bytes, format_flops
 
-from .module import strategy_tag
+from .module import method_of
 
 __all__ = ["collect", "markdown", "write_csv", "plot", "main"]
 
-COLUMNS = ["table", "model", "dataset", "strategy", "layers", "patch_size", "val_acc", "test_acc",
+COLUMNS = ["table", "model", "dataset", "method", "layers", "patch_size", "val_acc", "test_acc",
            "backward_flops", "activation_bytes", "run"]
 
 
@@ -40,7 +40,7 @@ def _version(path: Path) -> int:
 
 
 def collect(roots: Sequence[Path], all_versions: bool = False) -> list[dict]:
-    """One row per run folder (runs/<table>/<arch>/<dataset>/<strategy>).
+    """One row per run folder (runs/<table>/<arch>/<dataset>/<method tag or run name>).
 
     A run folder holds ``version_N`` subfolders (config.yaml + TensorBoard events): a fit and,
     e.g., a later ``test``. Each scalar is taken from the newest version that logged it.
@@ -62,6 +62,8 @@ def collect(roots: Sequence[Path], all_versions: bool = False) -> list[dict]:
         cfg = yaml.safe_load((members[-1] / "config.yaml").read_text())
         model, data = cfg["model"], cfg["data"]
 
+        fields = method_of(model.get("method")).fields()
+
         def best(tag: str) -> Optional[float]:
             return max(scalars[tag]) if scalars.get(tag) else None
 
@@ -69,10 +71,8 @@ def collect(roots: Sequence[Path], all_versions: bool = False) -> list[dict]:
             "table": cfg.get("table"),
             "model": model["arch"],
             "dataset": data["dataset"],
-            "strategy": cfg.get("run_name") or strategy_tag(model["trainable_layers"], model["patch_size"],
-                                                            model["filter_install"], model["freeze"]),
-            "layers": model["trainable_layers"] if not model["freeze"] else "custom",
-            "patch_size": model["patch_size"] if not model["filter_install"] else "custom",
+            **fields,
+            "method": cfg.get("run_name") or fields["method"],
             "val_acc": best("Val/Acc"),
             "test_acc": scalars["Test/Acc"][-1] if scalars.get("Test/Acc") else None,
             "backward_flops": best("Cost/BackwardFLOPs"),
@@ -85,7 +85,7 @@ def collect(roots: Sequence[Path], all_versions: bool = False) -> list[dict]:
 def _order(row: dict) -> tuple:
     """Group by table/model/dataset; stages first, then by #layers and patch size (vanilla first)."""
     layers, patch = row["layers"], row["patch_size"]
-    stage = {"pretrain": 0, "no-finetune": 1}.get(row["strategy"], 2)
+    stage = {"pretrain": 0, "no-finetune": 1}.get(row["method"], 2)
     return (str(row["table"]), row["model"], row["dataset"], stage,
             str(layers) if not isinstance(layers, int) else f"{layers:04d}", patch if isinstance(patch, int) else 0)
 
@@ -96,12 +96,12 @@ def _pct(value: Optional[float]) -> str:
 
 def markdown(rows: list[dict]) -> str:
     """The rows as a Markdown table (accuracies in %, FLOPs and bytes in the paper's units)."""
-    lines = ["| model | dataset | strategy | #layers | patch | val acc % | test acc % | backward FLOPs | memory |",
+    lines = ["| model | dataset | method | #layers | patch | val acc % | test acc % | backward FLOPs | memory |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         flops = "-" if r["backward_flops"] is None else format_flops(int(r["backward_flops"]))
         mem = "-" if r["activation_bytes"] is None else format_bytes(int(r["activation_bytes"]))
-        lines.append(f"| {r['model']} | {r['dataset']} | {r['strategy']} | {r['layers']} | "
+        lines.append(f"| {r['model']} | {r['dataset']} | {r['method']} | {r['layers']} | "
                      f"{r['patch_size'] if r['patch_size'] is not None else '-'} | {_pct(r['val_acc'])} | "
                      f"{_pct(r['test_acc'])} | {flops} | {mem} |")
     return "\n".join(lines)
@@ -116,7 +116,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Accuracy vs backward FLOPs (log x), one series per model/dataset, points labelled by strategy."""
+    """Accuracy vs backward FLOPs (log x), one series per model/dataset, points labelled by method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,7 +132,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ys = [100 * (p["test_acc"] if p["test_acc"] is not None else p["val_acc"]) for p in points]
         ax.scatter(xs, ys, label=f"{model} / {dataset}")
         for p, x, y in zip(points, xs, ys):
-            ax.annotate(p["strategy"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.annotate(p["method"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("backward FLOPs per image (cost model)")
     ax.set_ylabel("accuracy % (test if run, else best validation)")

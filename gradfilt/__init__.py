@@ -1,15 +1,17 @@
 """gradfilt: gradient filtering for efficient on-device training of CNNs.
 
-Public API: the op (:class:`FilteredConv2d`, :func:`filtered_conv2d`), the config-driven
-installer (:func:`install_filters`, :func:`register_filter_type`), freezing by dotted path
-(:func:`freeze`) and the paper's "#Layers" selection (:func:`last_convs`, :func:`train_last_layers`).
+Public API: the op (:class:`FilteredConv2d`, :func:`filtered_conv2d`), the training methods
+(:mod:`gradfilt.methods`: :class:`Method`, :func:`register_method`, :func:`build_method`,
+:class:`Vanilla`, :class:`GradientFilter`), the config-driven installer
+(:func:`install_filters`, :func:`register_filter_type`), freezing by dotted path
+(:func:`freeze`) and the paper's "#Layers" selection (:func:`last_convs`).
 """
 
 from .conv import FilteredConv2d
-from .freeze import freeze, last_convs
+from .freeze import classifier_name, freeze, last_convs
 from .functional import filtered_conv2d, patch_mean, patch_sum
 from .install import FILTER_TYPES, FilterSpec, install_filters, register_filter_type
-from .strategy import train_last_layers
+from .methods import METHODS, GradientFilter, Method, Vanilla, build_method, register_method
 
 __all__ = [
     "FilteredConv2d",
@@ -22,5 +24,11 @@ __all__ = [
     "FILTER_TYPES",
     "freeze",
     "last_convs",
-    "train_last_layers",
+    "classifier_name",
+    "Method",
+    "METHODS",
+    "register_method",
+    "build_method",
+    "Vanilla",
+    "GradientFilter",
 ]

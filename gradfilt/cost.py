@@ -1,9 +1,11 @@
-"""Backward FLOPs and activation memory of a training strategy, in the paper's conventions.
+"""Backward FLOPs and activation memory of a training method, in the paper's conventions.
 
 Shapes come from one traced forward pass (:func:`gradfilt.trace.trace_layers`), so any model
-works. A strategy is a set of trainable layers and a patch size (None: vanilla BP).
+works. :func:`estimate_configured` costs a model as a method set it up (which parameters
+require grad, which convs are ``FilteredConv2d``); :func:`estimate` sets a copy of a plain
+model up for the paper's "#Layers + patch size" (or explicit layer names) and costs that.
 
-Conventions (shared/PAPER.md "Cost columns"), per image, float32 (4 bytes), KB = 1024 B:
+Conventions (docs/paper.md "Cost columns"), per image, float32 (4 bytes), KB = 1024 B:
 
 * Memory = the inputs of the trainable convs kept for backward: C_in*H_in*W_in values for
   vanilla BP, C_in*ceil(H_out/r)*ceil(W_out/r) for a filtered layer (the patch grid of its
@@ -24,6 +26,16 @@ Conventions (shared/PAPER.md "Cost columns"), per image, float32 (4 bytes), KB =
 * "#Layers = N" is the last N main-path convs (``last_convs(main_path=True)``) plus the
   classifier: the paper's 3- and 4-layer ResNet cells count layer4.0.conv2 and conv1, not the
   shortcut conv. 'all' trains every layer.
+* Which layers take part in the backward comes from autograd itself (a traced forward pass
+  with the parameters' ``requires_grad`` as set): a conv or linear layer is counted when its
+  weight or bias trains or its input needs a gradient. A frozen layer whose input needs a
+  gradient (a trainable layer lies below it) costs its grad_x and keeps nothing; a layer whose
+  only trainable parameter is its bias costs Co*HW additions per image for the bias gradient
+  and keeps no input (a bias gradient needs only g_y). Bias gradients of layers whose weight
+  trains are not counted, as in the published cells.
+* Trainable normalization parameters (BatchNorm, GroupNorm, ...) are outside this convention
+  (it counts conv inputs and conv / linear FLOPs); the report lists those layers in
+  ``uncounted`` instead of leaving them out silently, and :func:`measure` sees their bytes.
 * Batch B > 1 scales every per-image term by B; the weight-gradient reductions over the
   batch become 2*B*L - 1 (filtered) and the kernel sums are per step, not per image.
 
@@ -50,14 +62,15 @@ from torch.autograd.graph import saved_tensors_hooks
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .conv import FilteredConv2d
-from .freeze import freeze, last_convs
+from .freeze import freeze
 from .fuse import fuse_bn
 from .functional import axis_modes, check_patch_size
 from .install import install_filters
 from .models import ARCHS, build_model
 from .trace import LayerCall, trace_layers
 
-__all__ = ["LayerCost", "CostReport", "conv_cost", "estimate", "estimate_configured", "measure", "main"]
+__all__ = ["LayerCost", "CostReport", "conv_cost", "linear_cost", "estimate", "estimate_configured", "measure",
+           "print_report", "format_flops", "format_bytes", "main"]
 
 FLOAT_BYTES = 4
 
@@ -85,19 +98,24 @@ class CostReport:
     batch_size: int
     patch_size: Union[None, int, dict[str, int]]
     layers: list[LayerCost] = field(default_factory=list)
+    trainable_params: int = 0
+    uncounted: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def conv_cost(call: LayerCall, patch_size: Optional[int], grad_input: bool, batch: int) -> tuple[int, int]:
-    """(backward FLOPs, bytes kept for backward) of one trainable conv, formulas in the module docstring.
+def conv_cost(call: LayerCall, patch_size: Optional[int], grad_input: bool, batch: int,
+              weight: bool = True, bias_only: bool = False) -> tuple[int, int]:
+    """(backward FLOPs, bytes kept for backward) of one conv in the backward, formulas in the module docstring.
 
     Args:
         call: the traced layer (module and shapes without batch).
         patch_size: r, or None for vanilla BP.
-        grad_input: whether its grad_x is computed (an earlier layer trains).
+        grad_input: whether its grad_x is computed (a trainable layer lies below it).
         batch: images per step.
+        weight: whether its weight trains (False: frozen, or bias only).
+        bias_only: its bias trains and its weight does not.
     """
     conv = call.module
     c_in, h_in, w_in = call.in_shape
@@ -106,40 +124,73 @@ def conv_cost(call: LayerCall, patch_size: Optional[int], grad_input: bool, batc
     c_out_g = c_out // conv.groups
     taps = conv.kernel_size[0] * conv.kernel_size[1]
     hw = h_out * w_out
+    flops = batch * c_out * hw if bias_only else 0  # the bias gradient: g_y summed per channel
     if patch_size is None:
-        flops = batch * (taps + 1) * c_out * c_in_g * hw
+        if weight:
+            flops += batch * (taps + 1) * c_out * c_in_g * hw
         if grad_input:
             flops += batch * 2 * c_out * c_in_g * taps * hw
-        return flops, batch * c_in * h_in * w_in * FLOAT_BYTES
+        return flops, batch * c_in * h_in * w_in * FLOAT_BYTES if weight else 0
     modes = axis_modes(conv.stride, conv.dilation, patch_size)
     kept, phases = 1, 1
     for mode, k, s in zip(modes, conv.kernel_size, conv.stride):
         kept *= k if mode == "grid" else 1
         phases *= 1 if mode == "grid" else s
     patches = math.ceil(h_out / patch_size) * math.ceil(w_out / patch_size)
-    flops = batch * c_out * (hw + patches)  # averaging g_y
-    flops += c_out * c_in_g * kept * (2 * batch * patches - 1)  # weight gradient on the patch grid
+    if weight or grad_input:
+        flops += batch * c_out * (hw + patches)  # averaging g_y
+    if weight:
+        flops += c_out * c_in_g * kept * (2 * batch * patches - 1)  # weight gradient on the patch grid
     if grad_input:
         flops += batch * phases * c_in * patches * (2 * c_out_g * kept - 1)
         flops += c_out * c_in_g * (taps - phases * kept)  # kernel sums per phase
-    return flops, batch * c_in * patches * FLOAT_BYTES
+    return flops, batch * c_in * patches * FLOAT_BYTES if weight else 0
 
 
-def _select(model: nn.Module, calls: list[LayerCall], trainable: Union[int, str, Sequence[str]],
-            example_input: Tensor) -> set[str]:
-    linears = [c.name for c in calls if isinstance(c.module, nn.Linear)]
-    classifier = linears[-1:]
-    if trainable == "all":
-        return {c.name for c in calls}
-    if isinstance(trainable, int) and not isinstance(trainable, bool):
-        return set(last_convs(model, trainable, example_input, main_path=True)) | set(classifier)
-    if isinstance(trainable, str) or not all(isinstance(n, str) for n in trainable):
-        raise ValueError(f"trainable must be an int, 'all' or a list of layer names, got {trainable!r}")
-    known = {c.name for c in calls}
-    unknown = sorted(set(trainable) - known)
-    if unknown:
-        raise ValueError(f"unknown layer(s) {unknown}; traced Conv2d/Linear layers: {sorted(known)}")
-    return set(trainable)
+def linear_cost(call: LayerCall, grad_input: bool, batch: int, weight: bool = True,
+                bias_only: bool = False) -> int:
+    """Backward FLOPs of one linear layer in the backward (it keeps no conv input).
+
+    Args:
+        call: the traced layer.
+        grad_input: whether its grad_x is computed.
+        batch: images per step.
+        weight: whether its weight trains: 3*in*out per image, the paper's worked cell.
+        bias_only: its bias trains and its weight does not: out per image.
+    """
+    fan_in, fan_out = call.in_shape[-1], call.out_shape[-1]
+    if weight:
+        return 3 * batch * fan_in * fan_out
+    return batch * fan_out * bias_only + (2 * batch * fan_in * fan_out if grad_input else 0)
+
+
+def _image_size(image_size: Union[int, Sequence[int]]) -> tuple[int, int]:
+    h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if min(h, w) < 1:
+        raise ValueError(f"image size must be >= 1, got {image_size!r}")
+    return h, w
+
+
+def _check_batch(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+
+
+def _trace(model: nn.Module, h: int, w: int, in_channels: int, with_grad: bool) -> list[LayerCall]:
+    """Traced Conv2d/Linear calls at batch 1, or a ValueError saying the image is too small."""
+    param = next(model.parameters(), None)
+    example = torch.zeros(1, in_channels, h, w, device=param.device if param is not None else None)
+    try:
+        calls = trace_layers(model, example, with_grad=with_grad)
+    except RuntimeError as err:
+        raise ValueError(f"image size {h}x{w} is too small for {type(model).__name__}: {err}") from None
+    for call in calls:
+        if isinstance(call.module, nn.Conv2d) and any(n < s for n, s in zip(call.in_shape[1:], call.module.stride)):
+            raise ValueError(
+                f"image size {h}x{w} is too small for {type(model).__name__}: layer {call.name!r} (stride "
+                f"{call.module.stride}) gets a {call.in_shape[1]}x{call.in_shape[2]} map"
+            )
+    return calls
 
 
 def estimate(
@@ -150,84 +201,112 @@ def estimate(
     batch_size: int = 1,
     in_channels: int = 3,
 ) -> CostReport:
-    """Analytical backward FLOPs and activation memory of a strategy.
+    """Analytical backward FLOPs and activation memory of a plain model trained the paper's way.
+
+    A copy of ``model`` is set up (the model itself is not changed) and costed with
+    :func:`estimate_configured`: for N or 'all' by :class:`gradfilt.methods.Vanilla` /
+    :class:`~gradfilt.methods.GradientFilter`, the same code a training run uses.
 
     Args:
         model: any model taking a (B, in_channels, H, W) batch.
         image_size: S or (H, W).
         trainable: N (the paper's "#Layers": last N main-path convs + the classifier), 'all', or
-            explicit layer names.
+            explicit Conv2d / Linear layer names (everything else frozen).
         patch_size: the gradient filter's r for the trainable convs; None for vanilla BP; or a
             mapping conv name -> r (convs not in it use vanilla BP).
         batch_size: images per step (the paper uses 1).
         in_channels: channels of the input image.
     """
+    from .methods import GradientFilter, Vanilla
+
     per_layer = dict(patch_size) if isinstance(patch_size, Mapping) else None
     for r in per_layer.values() if per_layer is not None else [patch_size]:
         if r is not None:
             check_patch_size(r)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if min(h, w) < 1:
-        raise ValueError(f"image size must be >= 1, got {image_size!r}")
-    example = torch.zeros(1, in_channels, h, w)
-    try:
-        calls = trace_layers(model, example)
-    except RuntimeError as err:
-        raise ValueError(f"image size {h}x{w} is too small for {type(model).__name__}: {err}") from None
-    for call in calls:
-        if isinstance(call.module, nn.Conv2d) and any(n < s for n, s in zip(call.in_shape[1:], call.module.stride)):
-            raise ValueError(
-                f"image size {h}x{w} is too small for {type(model).__name__}: layer {call.name!r} (stride "
-                f"{call.module.stride}) gets a {call.in_shape[1]}x{call.in_shape[2]} map"
-            )
-    chosen = _select(model, calls, trainable, example)
-    layers, earlier_trainable = [], False
-    for call in calls:
-        if call.name in chosen:
-            if isinstance(call.module, nn.Conv2d):
-                r = per_layer.get(call.name) if per_layer is not None else patch_size
-                flops, nbytes = conv_cost(call, r, earlier_trainable, batch_size)
-                layers.append(LayerCost(call.name, "conv", call.in_shape, call.out_shape, r,
-                                        earlier_trainable, flops, nbytes))
-            else:
-                fan_in, fan_out = call.in_shape[-1], call.out_shape[-1]
-                layers.append(LayerCost(call.name, "linear", call.in_shape, call.out_shape, None,
-                                        earlier_trainable, 3 * batch_size * fan_in * fan_out, 0))
-            earlier_trainable = True
+    _check_batch(batch_size)
+    h, w = _image_size(image_size)
+    calls = _trace(model, h, w, in_channels, with_grad=False)
+    layer_names = {c.name for c in calls}
+    conv_names = {c.name for c in calls if isinstance(c.module, nn.Conv2d)}
     if per_layer is not None:
-        unknown = sorted(set(per_layer) - {c.name for c in calls if isinstance(c.module, nn.Conv2d)})
+        unknown = sorted(set(per_layer) - conv_names)
         if unknown:
             raise ValueError(f"patch sizes given for {unknown}, which are not traced Conv2d layers")
-    return CostReport(
-        backward_flops=sum(layer.flops for layer in layers),
-        activation_bytes=sum(layer.activation_bytes for layer in layers),
-        batch_size=batch_size,
-        patch_size=per_layer if per_layer is not None else patch_size,
-        layers=layers,
-    )
+    copy_ = copy.deepcopy(model)
+    example = torch.zeros(1, in_channels, h, w)
+    if isinstance(trainable, str) and trainable != "all" or not isinstance(trainable, (int, str, Sequence)):
+        raise ValueError(f"trainable must be an int, 'all' or a list of layer names, got {trainable!r}")
+    if isinstance(trainable, (int, str)) and not isinstance(trainable, bool):
+        if per_layer is None:
+            method = Vanilla(layers=trainable) if patch_size is None else GradientFilter(trainable, patch_size)
+            method.apply(copy_, example)
+        else:
+            convs, paths = Vanilla(layers=trainable).plan(copy_, example)
+            install_filters(copy_, [{"path": n, "patch_size": r, "type": "conv"}
+                                    for n, r in per_layer.items() if n in convs])
+            freeze(copy_, paths)
+    else:
+        if not all(isinstance(n, str) for n in trainable):
+            raise ValueError(f"trainable must be an int, 'all' or a list of layer names, got {trainable!r}")
+        unknown = sorted(set(trainable) - layer_names)
+        if unknown:
+            raise ValueError(f"unknown layer(s) {unknown}; traced Conv2d/Linear layers: {sorted(layer_names)}")
+        sizes = per_layer if per_layer is not None else {n: patch_size for n in trainable if n in conv_names}
+        install_filters(copy_, [{"path": n, "patch_size": r, "type": "conv"}
+                                for n, r in sizes.items() if r is not None and n in trainable])
+        freeze(copy_, ["", *(f"~{n}" for n in trainable)])
+    report = estimate_configured(copy_, (h, w), batch_size, in_channels)
+    report.patch_size = per_layer if per_layer is not None else patch_size
+    return report
 
 
 def estimate_configured(
     model: nn.Module, image_size: Union[int, Sequence[int]] = 224, batch_size: int = 1, in_channels: int = 3
 ) -> CostReport:
-    """:func:`estimate` for a model already set up for training: the trainable layers are the
-    Conv2d/Linear layers whose weight requires grad, the patch sizes those of its FilteredConv2d.
-    Layers the forward pass does not run (e.g. an auxiliary head used only by a loss) are not counted.
+    """Backward FLOPs and activation memory of a model as it is set up for training.
+
+    The layers in the backward, and whether each needs its input gradient, come from one traced
+    forward pass with autograd on; patch sizes are those of its FilteredConv2d layers. Layers the
+    forward pass does not run (e.g. an auxiliary head used only by a loss) are not counted.
 
     Args:
-        model: a model after ``freeze`` / ``install_filters`` (or any equivalent set-up).
+        model: a model after a method's ``apply`` (or ``freeze`` / ``install_filters``).
         image_size: S or (H, W).
         batch_size: images per step.
         in_channels: channels of the input image.
     """
-    h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    ran = {c.name for c in trace_layers(model, input_size=(1, in_channels, h, w))}
-    trainable = [n for n, m in model.named_modules()
-                 if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.requires_grad and n in ran]
-    patches = {n: m.patch_size for n, m in model.named_modules() if isinstance(m, FilteredConv2d) and n in trainable}
-    return estimate(model, image_size, trainable, patches, batch_size, in_channels)
+    _check_batch(batch_size)
+    h, w = _image_size(image_size)
+    layers = []
+    for call in _trace(model, h, w, in_channels, with_grad=True):
+        module = call.module
+        weight = module.weight.requires_grad
+        bias = module.bias is not None and module.bias.requires_grad
+        if not (weight or bias or call.grad_input):
+            continue
+        bias_only = bias and not weight
+        if isinstance(module, nn.Conv2d):
+            r = module.patch_size if isinstance(module, FilteredConv2d) else None
+            flops, nbytes = conv_cost(call, r, call.grad_input, batch_size, weight, bias_only)
+            kind = "conv" if weight else "conv-bias" if bias else "conv-frozen"
+        else:
+            r, nbytes = None, 0
+            flops = linear_cost(call, call.grad_input, batch_size, weight, bias_only)
+            kind = "linear" if weight else "linear-bias" if bias else "linear-frozen"
+        layers.append(LayerCost(call.name, kind, call.in_shape, call.out_shape, r, call.grad_input, flops, nbytes))
+    uncounted = sorted(name for name, m in model.named_modules()
+                       if not isinstance(m, (nn.Conv2d, nn.Linear))
+                       and any(p.requires_grad for p in m.parameters(recurse=False)))
+    patches = {layer.name: layer.patch_size for layer in layers if layer.patch_size is not None}
+    return CostReport(
+        backward_flops=sum(layer.flops for layer in layers),
+        activation_bytes=sum(layer.activation_bytes for layer in layers),
+        batch_size=batch_size,
+        patch_size=patches,
+        layers=layers,
+        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        uncounted=uncounted,
+    )
 
 
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU)
@@ -306,7 +385,7 @@ def format_bytes(nbytes: int) -> str:
     return _units(nbytes, ["B", "KB", "MB", "GB"], 1024)
 
 
-def _trainable_arg(value: str) -> Union[int, str]:
+def _layers_arg(value: str) -> Union[int, str]:
     if value == "all":
         return value
     try:
@@ -325,64 +404,69 @@ def _measured(model: nn.Module, batch: Tensor) -> dict[str, dict[str, int]]:
     return out
 
 
+def print_report(report: CostReport, measured: Optional[dict[str, dict[str, int]]] = None) -> None:
+    """Print a cost report as a Markdown table and its totals (and measured bytes, if given).
+
+    Args:
+        report: what :func:`estimate` / :meth:`gradfilt.methods.Method.cost` returned.
+        measured: setup name -> :func:`measure` result.
+    """
+    print("| layer | type | input | output | patch | grad_x | backward FLOPs | memory |\n"
+          "|---|---|---|---|---|---|---|---|")
+    for layer in report.layers:
+        print(f"| {layer.name} | {layer.type} | {'x'.join(map(str, layer.in_shape))} | "
+              f"{'x'.join(map(str, layer.out_shape))} | {layer.patch_size or '-'} | "
+              f"{'yes' if layer.needs_grad_input else 'no'} | {format_flops(layer.flops)} | "
+              f"{format_bytes(layer.activation_bytes)} |")
+    print(f"\ntotal backward FLOPs: {format_flops(report.backward_flops)}  "
+          f"activation memory (conv inputs): {format_bytes(report.activation_bytes)}  "
+          f"trainable parameters: {report.trainable_params:,}  batch {report.batch_size}")
+    if report.uncounted:
+        print(f"not in the paper's convention (trainable normalization layers, see --measure): "
+              f"{len(report.uncounted)} layers, e.g. {', '.join(report.uncounted[:3])}")
+    for setup, values in (measured or {}).items():
+        print(f"measured saved for backward ({setup}): " + ", ".join(f"{k} {format_bytes(v)}" for k, v in values.items()))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """CLI: python -m gradfilt.cost --arch resnet18 --num-classes 10 --trainable-layers 2 --patch-size 2."""
-    parser = argparse.ArgumentParser(prog="python -m gradfilt.cost", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", help=f"one of {sorted(ARCHS)}")
-    parser.add_argument("--config", action="append", default=[], metavar="YAML",
-                        help="classification config(s), composed in order, instead of --arch ... --patch-size")
+    """CLI: python -m gradfilt.cost --arch resnet18 --num-classes 10 --layers 2 --patch-size 2."""
+    from .methods import GradientFilter, Vanilla
+
+    parser = argparse.ArgumentParser(prog="python -m gradfilt.cost", description=__doc__.split("\n\n")[0],
+                                     epilog="The cost of a configured classification run: python -m classification "
+                                            "cost --config ... (the same overrides as fit).")
+    parser.add_argument("--arch", required=True, help=f"one of {sorted(ARCHS)}")
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--image-size", type=int, nargs="+", default=[224], metavar="S", help="S or H W")
-    parser.add_argument("--trainable-layers", type=_trainable_arg, default="all", help="N (paper's #Layers) or all")
+    parser.add_argument("--layers", type=_layers_arg, default="all", help="N (the paper's #Layers) or all")
     parser.add_argument("--patch-size", type=int, default=None, help="gradient filter r (omit for vanilla BP)")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--measure", action="store_true",
                         help="also run one real step and report saved bytes, as set up and with BN folded")
     args = parser.parse_args(argv)
-    if (args.arch is None) == (not args.config):
-        parser.error("give either --arch (with --num-classes, --image-size, ...) or --config, exactly one")
     if len(args.image_size) not in (1, 2):
         parser.error(f"--image-size takes S or H W, got {args.image_size}")
+    size = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size)
     try:
-        if args.config:
-            # the classification experiment code is only needed for this option
-            from classification.cli import configured_model, resolve_config
-
-            module = configured_model(resolve_config([a for f in args.config for a in ("--config", f)]))
-            model, size = module.model, module.hparams.image_size
-            report = estimate_configured(model, size, args.batch_size)
-            module.train()  # the run's train/eval flags (bn_eval, frozen BN)
-        else:
-            model = build_model(args.arch, args.num_classes)
-            size = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size)
-            report = estimate(model, size, args.trainable_layers, args.patch_size, args.batch_size)
-            if args.measure:
-                freeze(model, ["", *(f"~{layer.name}" for layer in report.layers)])
-                if args.patch_size is not None:
-                    install_filters(model, [{"path": layer.name, "patch_size": args.patch_size, "type": "conv"}
-                                            for layer in report.layers if layer.type == "conv"])
-                model.train()
+        _check_batch(args.batch_size)
+        h, w = _image_size(size)
+        model = build_model(args.arch, args.num_classes)
+        method = (Vanilla(layers=args.layers) if args.patch_size is None
+                  else GradientFilter(layers=args.layers, patch_size=args.patch_size))
+        _trace(model, h, w, 3, with_grad=False)  # a too-small image is a usage error, before the set-up
+        method.apply(model, torch.zeros(1, 3, h, w))
+        report = method.cost(model, (h, w), args.batch_size)
     except ValueError as err:
         parser.error(str(err))
-    result = report.to_dict()
+    result = report.to_dict() | {"method": method.tag}
     if args.measure:
-        h, w = (size, size) if isinstance(size, int) else size
+        model.train()
         result["measured_bytes"] = _measured(model, torch.randn(args.batch_size, 3, h, w))
     if args.json:
         print(json.dumps(result))
-        return 0
-    print("| layer | input | output | patch | grad_x | backward FLOPs | memory |\n|---|---|---|---|---|---|---|")
-    for layer in report.layers:
-        print(f"| {layer.name} | {'x'.join(map(str, layer.in_shape))} | {'x'.join(map(str, layer.out_shape))} | "
-              f"{layer.patch_size or '-'} | {'yes' if layer.needs_grad_input else 'no'} | "
-              f"{format_flops(layer.flops)} | {format_bytes(layer.activation_bytes)} |")
-    print(f"\ntotal backward FLOPs: {format_flops(report.backward_flops)}  "
-          f"activation memory (conv inputs): {format_bytes(report.activation_bytes)}  batch {report.batch_size}")
-    if args.measure:
-        for setup, measured in result["measured_bytes"].items():
-            print(f"measured saved for backward ({setup}): "
-                  + ", ".join(f"{k} {format_bytes(v)}" for k, v in measured.items()))
+    else:
+        print_report(report, result.get("measured_bytes"))
     return 0
 
 

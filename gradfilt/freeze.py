@@ -17,7 +17,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .paths import resolve
 from .trace import trace_layers
 
-__all__ = ["freeze", "last_convs"]
+__all__ = ["freeze", "check_freeze", "keep_bn_eval", "last_convs", "classifier_name"]
 
 _EVAL_HOOK = "_gradfilt_keep_eval"
 
@@ -36,6 +36,32 @@ def _set_bn_frozen(bn: nn.Module, frozen: bool) -> None:
         delattr(bn, _EVAL_HOOK)
 
 
+def check_freeze(model: nn.Module, paths: Iterable[str]) -> list[tuple[str, object, bool]]:
+    """Resolve a freeze list without changing anything: (path, module or Parameter, un-freeze) per entry.
+
+    Args:
+        model: the model the paths refer to.
+        paths: dotted module or parameter paths ("" is the whole model); a leading ``~`` un-freezes.
+
+    Raises:
+        TypeError for a non-string entry, KeyError naming the valid children for an unknown path.
+    """
+    if isinstance(paths, str):
+        raise TypeError(f"freeze paths must be a list of strings, got the string {paths!r}")
+    ops = []
+    for raw in paths:
+        if not isinstance(raw, str):
+            raise TypeError(f"freeze paths must be strings, got {raw!r}")
+        unfreeze = raw.startswith("~")
+        path = raw[1:] if unfreeze else raw
+        try:
+            target = resolve(model, path)
+        except KeyError:
+            target = _parameter(model, path)
+        ops.append((path, target, unfreeze))
+    return ops
+
+
 def freeze(model: nn.Module, paths: Iterable[str], update_frozen_bn_stats: bool = False) -> None:
     """Set ``requires_grad`` by dotted path, in order; ``~path`` un-freezes.
 
@@ -50,29 +76,28 @@ def freeze(model: nn.Module, paths: Iterable[str], update_frozen_bn_stats: bool 
     ``update_frozen_bn_stats``; un-freezing removes the hook. Unknown paths raise KeyError
     before anything changes.
     """
-    ops = []
-    for raw in paths:
-        if not isinstance(raw, str):
-            raise TypeError(f"freeze paths must be strings, got {raw!r}")
-        unfreeze = raw.startswith("~")
-        path = raw[1:] if unfreeze else raw
-        try:
-            target = resolve(model, path)
-        except KeyError:
-            target = _parameter(model, path)
-        ops.append((path, target, unfreeze))
-
     bn_state: dict[nn.Module, bool] = {}
-    for path, target, unfreeze in ops:
-        if isinstance(target, nn.Parameter):
-            target.requires_grad_(unfreeze)
-            continue
+    for path, target, unfreeze in check_freeze(model, paths):
         target.requires_grad_(unfreeze)
+        if isinstance(target, nn.Parameter):
+            continue
         for module in target.modules():
             if isinstance(module, _BatchNorm):
                 bn_state[module] = not unfreeze
     for bn, frozen in bn_state.items():
         _set_bn_frozen(bn, frozen and not update_frozen_bn_stats)
+
+
+def keep_bn_eval(model: nn.Module) -> None:
+    """Keep every BatchNorm of ``model`` in eval mode (running statistics fixed), trainable or not,
+    even after ``model.train()``.
+
+    Args:
+        model: the model to modify in place.
+    """
+    for module in model.modules():
+        if isinstance(module, _BatchNorm):
+            _set_bn_frozen(module, True)
 
 
 def _parameter(model: nn.Module, path: str) -> nn.Parameter:
@@ -119,3 +144,18 @@ def last_convs(
         kind = "main-path conv layers" if main_path else "conv layers"
         raise ValueError(f"asked for the last {n} {kind} but the forward pass runs only {len(order)}")
     return order[len(order) - n:]
+
+
+def classifier_name(model: nn.Module, example_input: Optional[Tensor] = None,
+                    input_size: Sequence[int] = (1, 3, 224, 224)) -> str:
+    """Dotted name of the last ``nn.Linear`` the forward pass runs (the classifier of "#Layers").
+
+    Args:
+        model: the network (run once, flags restored).
+        example_input: a batch to trace with; if None, zeros of ``input_size``.
+        input_size: shape of the zeros batch.
+    """
+    linears = [c.name for c in trace_layers(model, example_input, input_size) if isinstance(c.module, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} runs no nn.Linear classifier")
+    return linears[-1]

@@ -20,7 +20,7 @@ from .conv import FilteredConv2d
 from .functional import check_patch_size
 from .paths import replace_module, resolve
 
-__all__ = ["FilterSpec", "FILTER_TYPES", "register_filter_type", "install_filters"]
+__all__ = ["FilterSpec", "FILTER_TYPES", "register_filter_type", "install_filters", "plan_filters", "swap_filters"]
 
 Handler = Callable[[nn.Module], list[str]]
 FILTER_TYPES: dict[str, Handler] = {}
@@ -156,20 +156,21 @@ def _join(path: str, rel: str) -> str:
     return ".".join(p for p in (path, rel) if p)
 
 
-def install_filters(model: nn.Module, specs: Iterable[Union[FilterSpec, Mapping]]) -> list[str]:
-    """Replace the convs selected by ``specs`` with FilteredConv2d, in place.
+def plan_filters(model: nn.Module, specs: Iterable[Union[FilterSpec, Mapping]]) -> dict[str, FilteredConv2d]:
+    """Check ``specs`` against ``model`` and build every replacement, changing nothing.
 
     Args:
-        model: the model to modify.
+        model: the model the specs refer to.
         specs: FilterSpec objects or mappings with keys path, patch_size and optional type.
 
     Returns:
-        The dotted names of the replaced convs, in spec order.
+        Dotted conv name -> its FilteredConv2d (sharing the conv's Parameters), in spec order;
+        :func:`swap_filters` puts them in place.
 
     Raises:
-        KeyError, TypeError or ValueError before any change when a spec is invalid (unknown
-        key/type/path, type not matching the module, patch_size < 1, dilation not divisible
-        by the patch size) or when two specs select the same conv.
+        KeyError, TypeError or ValueError when a spec is invalid (unknown key/type/path, type not
+        matching the module, patch_size < 1, dilation not divisible by the patch size) or when two
+        specs select the same conv.
     """
     plan: dict[str, FilteredConv2d] = {}
     owner: dict[str, int] = {}
@@ -190,6 +191,33 @@ def install_filters(model: nn.Module, specs: Iterable[Union[FilterSpec, Mapping]
             except (TypeError, ValueError) as err:
                 raise type(err)(f"{where}, layer {name!r}: {err}") from None
             owner[name] = i
+    return plan
+
+
+def swap_filters(model: nn.Module, plan: Mapping[str, FilteredConv2d]) -> None:
+    """Put the replacements of :func:`plan_filters` in place.
+
+    Args:
+        model: the model the plan was made for.
+        plan: dotted conv name -> FilteredConv2d.
+    """
     for name, filtered in plan.items():
         replace_module(model, name, filtered)
+
+
+def install_filters(model: nn.Module, specs: Iterable[Union[FilterSpec, Mapping]]) -> list[str]:
+    """Replace the convs selected by ``specs`` with FilteredConv2d, in place (all specs are checked first).
+
+    Args:
+        model: the model to modify.
+        specs: FilterSpec objects or mappings with keys path, patch_size and optional type.
+
+    Returns:
+        The dotted names of the replaced convs, in spec order.
+
+    Raises:
+        As :func:`plan_filters`, before any change.
+    """
+    plan = plan_filters(model, specs)
+    swap_filters(model, plan)
     return list(plan)

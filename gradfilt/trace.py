@@ -26,6 +26,8 @@ class LayerCall:
         out_shape: output shape without the batch dimension.
         shortcut: True when the layer reads a tensor an earlier traced layer already read
             (a ResNet downsample conv reads its block's input, like conv1): not on the main path.
+        grad_input: whether autograd computes a gradient for the layer's input (it depends on a
+            trainable parameter); only known when traced with ``with_grad=True``, else False.
     """
 
     name: str
@@ -33,19 +35,23 @@ class LayerCall:
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     shortcut: bool
+    grad_input: bool = False
 
 
 def trace_layers(
     model: nn.Module,
     example_input: Optional[Tensor] = None,
     input_size: Sequence[int] = (1, 3, 224, 224),
+    with_grad: bool = False,
 ) -> list[LayerCall]:
-    """Run ``model`` once (eval mode, no grad, flags restored) and return its Conv2d/Linear calls.
+    """Run ``model`` once (eval mode, flags restored) and return its Conv2d/Linear calls.
 
     Args:
         model: the model to trace.
         example_input: a batch to run; if None, zeros of ``input_size`` on the model's device/dtype.
         input_size: shape of the zeros batch (batch dimension included).
+        with_grad: run with autograd on (the parameters' requires_grad as set) to record which
+            layers' inputs need a gradient (``LayerCall.grad_input``); default: no autograd.
     """
     names = {m: name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     calls: dict[nn.Module, LayerCall] = {}
@@ -57,7 +63,8 @@ def trace_layers(
         x = args[0]
         shortcut = any(x is t for t in seen_inputs)
         seen_inputs.append(x)
-        calls[module] = LayerCall(names[module], module, tuple(x.shape[1:]), tuple(output.shape[1:]), shortcut)
+        calls[module] = LayerCall(names[module], module, tuple(x.shape[1:]), tuple(output.shape[1:]), shortcut,
+                                  bool(x.requires_grad))
 
     if example_input is None:
         param = next(model.parameters(), None)
@@ -70,7 +77,7 @@ def trace_layers(
     flags = {m: m.training for m in model.modules()}
     try:
         model.eval()  # no BN statistics move while tracing
-        with torch.no_grad():
+        with torch.set_grad_enabled(with_grad):
             model(example_input)
     finally:
         for h in handles:

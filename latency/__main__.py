@@ -2,10 +2,13 @@
 
     python -m latency [--device cpu|cuda] [--batch 32] [--cases table10|resnet18|mobilenet_v2|FILE ...]
                       [--patch-sizes 2 4] [--repeats N] [--min-time S] [--malloc default|heap] [--out DIR]
-    python -m latency --mode step [--archs mobilenet_v2 resnet18] [--layers 2 4] [--patch-sizes 2 4] [--malloc ...]
+    python -m latency --mode step [--archs mobilenet_v2 resnet18] [--layers 2 4] [--methods A.yaml B.yaml ...]
     python -m latency --mode parts [--cases table10 ...] [--patch-sizes 2 4] [--repeats N] [--min-time S] [--malloc ...]
 
 A FILE case list is a CSV with columns name,c_in,c_out,h,w[,kernel,stride,padding,dilation,groups].
+``--mode step`` sets the network up with each method config (the classification YAML files,
+default ``configs/classification/methods/{vanilla,r2,r4}.yaml``) at each ``--layers`` N and
+compares every row with the first method's.
 Writes ``conv.csv`` / ``step.csv`` / ``parts.csv`` and ``conv.png`` (speedup and normalized memory
 per case and patch size, like the paper's Figure 6) to ``--out`` and prints a Markdown summary.
 ``--mode parts`` times each step of the filtered backward alone next to the whole op (ungrouped
@@ -26,8 +29,11 @@ from tqdm import tqdm
 
 from gradfilt import _native
 
-from .bench import (PARTS, ConvCase, bench_case, bench_parts, bench_steps, keep_freed_memory, model_cases,
-                    parts_supported, table10_cases, write_csv)
+from .bench import (PARTS, ConvCase, bench_case, bench_parts, bench_steps, keep_freed_memory, method_config,
+                    model_cases, parts_supported, table10_cases, write_csv)
+
+METHODS_DIR = Path(__file__).resolve().parents[1] / "configs" / "classification" / "methods"
+DEFAULT_METHODS = [METHODS_DIR / f"{name}.yaml" for name in ("vanilla", "r2", "r4")]
 
 CASE_SETS = {"table10": table10_cases, "resnet18": lambda: model_cases("resnet18"),
              "mobilenet_v2": lambda: model_cases("mobilenet_v2")}
@@ -68,12 +74,12 @@ def conv_markdown(rows: list[dict]) -> str:
 
 
 def step_markdown(rows: list[dict]) -> str:
-    """Markdown table of step rows, speedups against the vanilla row of the same arch/layers."""
-    lines = ["| arch | layers | r | forward ms | backward ms | SGD ms | step ms | step speedup | backward speedup |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """Markdown table of step rows, speedups against the first method's row of the same arch/layers."""
+    lines = ["| arch | layers | method | forward ms | backward ms | SGD ms | step ms | step speedup | "
+             "backward speedup |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        base = next(b for b in rows if b["arch"] == r["arch"] and b["layers"] == r["layers"] and b["patch_size"] == "-")
-        lines.append(f"| {r['arch']} | {r['layers']} | {r['patch_size']} | {r['forward_ms']:.0f} | "
+        base = next(b for b in rows if b["arch"] == r["arch"] and b["layers"] == r["layers"])
+        lines.append(f"| {r['arch']} | {r['layers']} | {r['method']} | {r['forward_ms']:.0f} | "
                      f"{r['backward_ms']:.1f} | {r['sgd_ms']:.1f} | {r['step_ms']:.0f} | "
                      f"{base['step_ms'] / r['step_ms']:.2f}x | {base['backward_ms'] / r['backward_ms']:.1f}x |")
     return "\n".join(lines)
@@ -140,7 +146,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="heap: glibc reuses freed blocks instead of mapping fresh pages for each large "
                              "tensor (both sides; see latency/README.md)")
     parser.add_argument("--archs", nargs="+", default=["mobilenet_v2", "resnet18"], help="--mode step networks")
-    parser.add_argument("--layers", type=int, nargs="+", default=[2, 4], help="--mode step trainable layers")
+    parser.add_argument("--layers", type=int, nargs="+", default=[2, 4],
+                        help="--mode step: the methods' layers (the paper's #Layers)")
+    parser.add_argument("--methods", type=Path, nargs="+", default=DEFAULT_METHODS, metavar="YAML",
+                        help="--mode step: method configs (classification YAML); the first is the baseline")
     parser.add_argument("--image-size", type=int, default=224, help="--mode step input size")
     parser.add_argument("--out", type=Path, default=Path("runs/latency"))
     args = parser.parse_args(argv)
@@ -162,10 +171,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, CPU passes: {kernels}, "
           f"malloc: {args.malloc}", file=sys.stderr)
     if args.mode == "step":
+        try:
+            methods = [method_config(path) for path in args.methods]
+        except ValueError as err:
+            parser.error(str(err))
         jobs = [(a, n) for a in args.archs for n in args.layers]
         rows = [row for a, n in tqdm(jobs, desc="steps")
-                for row in bench_steps(a, n, [None, *args.patch_sizes], args.batch, args.image_size, device,
-                                       args.repeats)]
+                for row in bench_steps(a, n, methods, args.batch, args.image_size, device, args.repeats)]
         rows = [row | {"malloc": args.malloc} for row in rows]
         write_csv(rows, args.out / "step.csv")
         print(step_markdown(rows))

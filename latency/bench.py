@@ -16,7 +16,8 @@ machine whose speed drifts meanwhile shifts every side alike): the median and sp
 
 It also reports the bytes each keeps for backward (saved tensors other than the weight) and
 the analytical FLOPs ratio from :mod:`gradfilt.cost`. ``--mode step`` times whole fine-tuning
-steps (forward, backward, SGD) of MobileNetV2 / ResNet-18 with the last N layers trainable.
+steps (forward, backward, SGD) of a network set up by each of a list of training methods
+(:mod:`gradfilt.methods` configs, the YAML files the classification runs use).
 """
 
 from __future__ import annotations
@@ -36,12 +37,12 @@ from torch import nn
 
 from gradfilt import FilteredConv2d, _native, filtered_conv2d, functional
 from gradfilt.cost import conv_cost, measure
+from gradfilt.methods import build_method
 from gradfilt.models import build_model
-from gradfilt.strategy import train_last_layers
 from gradfilt.trace import LayerCall, trace_layers
 
 __all__ = ["ConvCase", "table10_cases", "model_cases", "keep_freed_memory", "time_rounds", "bench_case", "bench_parts",
-           "parts_supported", "PARTS", "bench_steps", "write_csv"]
+           "parts_supported", "PARTS", "bench_steps", "method_config", "with_layers", "write_csv"]
 
 # Table 10 of the paper: (C_in, C_out, H, W), 3x3, stride 1, padding 1, batch 32
 TABLE10 = [(128, 128, 120, 160), (256, 256, 60, 80), (512, 512, 30, 40), (512, 512, 14, 14),
@@ -354,9 +355,38 @@ def _gemms(case: ConvCase, batch: int, out_size: Sequence[int], patch_size: int,
 _WARMUP_STEPS = 2
 
 
-def bench_steps(arch: str, layers: int, patch_sizes: Sequence[Optional[int]], batch: int, image_size: int,
+def method_config(path: Path) -> dict:
+    """The method config in a YAML file: a classification config (``model: method: ...``), a file with a
+    top-level ``method:``, or the method itself (``class_path`` / ``type``).
+
+    Args:
+        path: the YAML file.
+    """
+    import yaml
+
+    if not Path(path).is_file():
+        raise ValueError(f"no method config file at {path}")
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    for key in ("model", "method"):  # a classification config nests it as model.method
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+    if not (isinstance(data, dict) and ("class_path" in data or "type" in data)):
+        raise ValueError(f"{path} holds no method config (model.method or a mapping with class_path / type)")
+    return data
+
+
+def with_layers(config: dict, layers: Optional[int]) -> dict:
+    """``config`` with its ``layers`` argument set to ``layers`` (None: unchanged)."""
+    if layers is None:
+        return config
+    if "class_path" in config:
+        return {**config, "init_args": {**(config.get("init_args") or {}), "layers": layers}}
+    return {**config, "layers": layers}
+
+
+def bench_steps(arch: str, layers: Optional[int], methods: Sequence[dict], batch: int, image_size: int,
                 device: torch.device, repeats: int) -> list[dict]:
-    """Median milliseconds of one fine-tuning step per patch size, split into forward / backward / SGD step.
+    """Median milliseconds of one fine-tuning step per method, split into forward / backward / SGD step.
 
     The set-ups (one model each) are timed in alternating rounds (:func:`time_rounds`, one step
     of each per round after 2 warm-up steps each, which ``_step`` records too), so that they are
@@ -364,31 +394,34 @@ def bench_steps(arch: str, layers: int, patch_sizes: Sequence[Optional[int]], ba
 
     Args:
         arch: mobilenet_v2 or resnet18 (any gradfilt.models arch).
-        layers: the last N main-path convs (+ classifier) train, the rest is frozen (BN in eval).
-        patch_sizes: r on those convs per set-up; None: vanilla BP.
+        layers: sets each method's ``layers`` (the paper's #Layers); None keeps the configs' own.
+        methods: method configs (``{class_path, init_args}`` or ``{type, ...}``), one set-up each.
         batch, image_size: the input batch.
         device: where to run.
         repeats: timed steps of each set-up.
     """
     images = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(device)
     labels = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(1)).to(device)
-    parts: dict[Optional[int], list[tuple[float, float, float]]] = {}
+    built = [build_method(with_layers(config, layers)) for config in methods]
+    parts: dict[str, list[tuple[float, float, float]]] = {}
     steps: dict[str, Callable[[], None]] = {}
-    for r in patch_sizes:
+    for method in built:
+        if method.tag in parts:
+            raise ValueError(f"two step set-ups share the tag {method.tag!r}")
         torch.manual_seed(0)
         model = build_model(arch, 1000)
-        train_last_layers(model, layers, r, input_size=(1, 3, image_size, image_size))
+        method.apply(model, torch.zeros(1, 3, image_size, image_size))
         model.to(device).train()
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
-        parts[r] = []
-        steps[str(r)] = functools.partial(_step, model, opt, images, labels, device, parts[r])
+        parts[method.tag] = []
+        steps[method.tag] = functools.partial(_step, model, opt, images, labels, device, parts[method.tag])
     time_rounds(steps, device, repeats, warmup=_WARMUP_STEPS)
     rows = []
-    for r, recorded in parts.items():
+    for method in built:
+        recorded = parts[method.tag]
         med = [statistics.median(t[i] for t in recorded[_WARMUP_STEPS:]) for i in range(3)]
-        rows.append({"arch": arch, "layers": layers, "patch_size": r or "-", "batch": batch,
-                     "image_size": image_size, "device": device.type,
-                     **{f"{k}_ms": 1e3 * v for k, v in zip(("forward", "backward", "sgd"), med)},
+        rows.append({"arch": arch, **method.fields(), "batch": batch, "image_size": image_size,
+                     "device": device.type, **{f"{k}_ms": 1e3 * v for k, v in zip(("forward", "backward", "sgd"), med)},
                      "step_ms": 1e3 * sum(med)})
     return rows
 

@@ -1,9 +1,9 @@
 """``python -m segmentation.report WORK_DIR [WORK_DIR ...] [--csv FILE]``: Table 3 style summary.
 
-For each work dir of ``python -m segmentation.train``: the strategy (config name), the number
-of trainable conv layers, the backward FLOPs of one image at the config's crop size from the
-cost model (the config's GradientFilterHook / FreezeLayersHook applied to a freshly built
-model), and the last validation mIoU / mAcc / aAcc from ``vis_data/scalars.json``.
+For each work dir of ``python -m segmentation.train``: the run, its method's tag, the number of
+trainable conv layers, the backward FLOPs and activation memory of one image at the config's
+crop size from the cost model (the config's method applied to a freshly built model, as the
+runner applies it), and the last validation mIoU / mAcc / aAcc from ``vis_data/scalars.json``.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-from torch import Tensor, nn
-
-from gradfilt.cost import format_flops
+from gradfilt.cost import format_bytes, format_flops
 
 from . import compat
 
@@ -33,35 +31,22 @@ def _last_metrics(work_dir: Path) -> dict:
     return metrics
 
 
-class _TensorMode(nn.Module):
-    """An mmseg segmentor called like a plain network (``mode='tensor'``), for the cost model's trace."""
-
-    def __init__(self, segmentor: nn.Module) -> None:
-        super().__init__()
-        self.segmentor = segmentor
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.segmentor(x, mode="tensor")
-
-
-def _cost(cfg) -> tuple[int, int]:
-    """(trainable convs, backward FLOPs per image) of the configured strategy."""
+def _cost(cfg) -> tuple[str, int, int, int]:
+    """(method tag, trainable convs, backward FLOPs, activation bytes) per image of the configured method."""
     from mmengine.registry import init_default_scope
-    from mmseg.registry import HOOKS, MODELS
+    from mmseg.registry import MODELS
 
     from gradfilt.cost import estimate_configured
 
-    from . import hooks  # noqa: F401  (registers the hooks)
+    from .runner import apply_method, example_input
 
     init_default_scope("mmseg")
     model = MODELS.build(cfg.model)
-    for hook in cfg.get("custom_hooks", []):  # the run's own set-up, outside a run
-        built = HOOKS.build(hook)
-        if hasattr(built, "apply"):
-            built.apply(model)
-    size = tuple(cfg.get("crop_size", (512, 512)))
-    report = estimate_configured(_TensorMode(model), size)
-    return sum(layer.type == "conv" for layer in report.layers), report.backward_flops
+    method = apply_method(model, cfg)  # the run's own set-up, outside a run
+    size = tuple(example_input(cfg).shape[2:])
+    report = method.cost(model, size) if method is not None else estimate_configured(model, size)
+    convs = sum(layer.type == "conv" for layer in report.layers)
+    return (method.tag if method else "all layers"), convs, report.backward_flops, report.activation_bytes
 
 
 def summarize(work_dirs: Sequence[Path]) -> list[dict]:
@@ -75,9 +60,9 @@ def summarize(work_dirs: Sequence[Path]) -> list[dict]:
         if not configs:
             continue
         cfg = Config.fromfile(str(configs[0]))
-        layers, flops = _cost(cfg)
-        rows.append({"run": Path(work_dir).name, "config": configs[0].stem, "trainable_convs": layers,
-                     "backward_flops": flops, **_last_metrics(Path(work_dir))})
+        tag, layers, flops, nbytes = _cost(cfg)
+        rows.append({"run": Path(work_dir).name, "config": configs[0].stem, "method": tag, "trainable_convs": layers,
+                     "backward_flops": flops, "activation_bytes": nbytes, **_last_metrics(Path(work_dir))})
     return rows
 
 
@@ -90,10 +75,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = summarize(args.work_dirs)
     if not rows:
         parser.error(f"no work dirs with a dumped config among {[str(w) for w in args.work_dirs]}")
-    print("| run | trainable convs | backward FLOPs | mIoU | mAcc | aAcc |\n|---|---|---|---|---|---|")
+    print("| run | method | trainable convs | backward FLOPs | memory | mIoU | mAcc | aAcc |\n"
+          "|---|---|---|---|---|---|---|---|")
     for r in rows:
         metrics = " | ".join(f"{r[k]:.2f}" if k in r else "-" for k in ("mIoU", "mAcc", "aAcc"))
-        print(f"| {r['run']} | {r['trainable_convs']} | {format_flops(r['backward_flops'])} | {metrics} |")
+        print(f"| {r['run']} | {r['method']} | {r['trainable_convs']} | {format_flops(r['backward_flops'])} | "
+              f"{format_bytes(r['activation_bytes'])} | {metrics} |")
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -1,9 +1,11 @@
 """``python -m segmentation.train CONFIG [--work-dir DIR] [--cfg-options k=v ...] [--launcher pytorch]``.
 
-A thin wrapper of mmengine's Runner (distributed runs: ``torchrun ... -m segmentation.train
-CONFIG --launcher pytorch``): installs the mmcv-lite stand-in (segmentation.compat), loads
-the config, applies ``--cfg-options``, defaults ``work_dir`` to ``work_dirs/<config name>``
-and trains. Logs: text log and TensorBoard under the work dir.
+A thin wrapper of mmengine's Runner (distributed runs: ``torchrun --nproc-per-node N -m
+segmentation.train CONFIG --launcher pytorch``; without CUDA the processes train on CPU with the
+gloo backend): installs the mmcv-lite stand-in (segmentation.compat), loads the config, applies
+``--cfg-options``, defaults ``work_dir`` to ``work_dirs/<config name>`` and trains with the
+config's runner (``MethodRunner`` for gradfilt's configs, which applies the training method).
+Logs: text log and TensorBoard under the work dir.
 """
 
 from __future__ import annotations
@@ -44,11 +46,22 @@ def load_config(config: str, work_dir: Optional[str] = None, cfg_options: Option
 
 
 def build_runner(cfg):
-    """mmengine Runner from a config (mmseg's registry scope)."""
-    from mmengine.registry import RUNNERS
+    """mmengine Runner from a config (mmseg's registry scope).
+
+    With ``--launcher pytorch`` on a machine without CUDA, the process group is started here with
+    the gloo backend (mmengine's own start would call ``torch.cuda.set_device``).
+    """
+    import torch
+    import torch.distributed as dist
+    from mmengine.registry import DefaultScope, RUNNERS
     from mmengine.runner import Runner
 
-    return RUNNERS.build(cfg) if "runner_type" in cfg else Runner.from_cfg(cfg)
+    if cfg.launcher == "pytorch" and not torch.cuda.is_available() and not dist.is_initialized():
+        dist.init_process_group("gloo")  # torchrun's env:// variables
+    if "runner_type" not in cfg:
+        return Runner.from_cfg(cfg)
+    with DefaultScope.overwrite_default_scope(cfg.get("default_scope", "mmseg")):
+        return RUNNERS.build(cfg)
 
 
 def parse_args(argv: Optional[Sequence[str]], description: str, extra=None) -> argparse.Namespace:

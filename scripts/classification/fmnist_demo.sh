@@ -15,9 +15,9 @@ common=(--config "$C/base.yaml" --config "$C/models/resnet18.yaml" --config "$C/
 pretrained="$RUNS/demo/resnet18/fmnist/pretrain/best.ckpt"
 "$PY" -m classification validate "${common[@]}" --config "$C/schedules/fmnist_finetune.yaml" \
   --run_name no-finetune --model.init_from "$pretrained" "$@"
-for strategy in vanilla r2 r4; do
+for method in vanilla r2 r4; do
   "$PY" -m classification fit "${common[@]}" --config "$C/schedules/fmnist_finetune.yaml" \
-    --config "$C/strategies/$strategy.yaml" --model.trainable_layers 2 --model.init_from "$pretrained" "$@"
+    --config "$C/methods/$method.yaml" --model.method.layers 2 --model.init_from "$pretrained" "$@"
 done
 "$PY" -m classification.report "$RUNS/demo"
 echo "TensorBoard: tensorboard --logdir $RUNS/demo"

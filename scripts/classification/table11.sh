@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Table 11 of the paper: CIFAR-10/100 at 224x224, ResNet-18/34. Pretrain on partition 0 (vanilla,
 # all layers), then fine-tune the last 1-4 conv layers (+ classifier) on partition 1 with vanilla
-# BP and gradient filters R2, R4, R7. Everything lands in runs/table11/<arch>/<dataset>/<strategy>.
+# BP and gradient filters R2, R4, R7. Everything lands in runs/table11/<arch>/<dataset>/<method>.
 #
 # Usage: bash scripts/classification/table11.sh [ARCHS] [DATASETS] [-- extra LightningCLI args]
 #   e.g. bash scripts/classification/table11.sh "resnet18" "cifar10" -- --trainer.devices 2 --trainer.strategy ddp
@@ -32,9 +32,9 @@ for arch in $ARCHS; do
       --trainer.max_epochs "$pretrain_epochs" "$@"
     pretrained="$RUNS/table11/$arch/$dataset/pretrain/best.ckpt"
     for layers in 1 2 3 4; do
-      for strategy in vanilla r2 r4 r7; do
+      for method in vanilla r2 r4 r7; do
         "$PY" -m classification fit "${common[@]}" --config "$C/schedules/cifar_finetune.yaml" \
-          --config "$C/strategies/$strategy.yaml" --model.trainable_layers "$layers" \
+          --config "$C/methods/$method.yaml" --model.method.layers "$layers" \
           --model.init_from "$pretrained" "$@"
       done
     done

@@ -2,7 +2,7 @@
 # Table 2 of the paper: ImageNet (224x224, 1000 classes), MobileNetV2, ResNet-18, ResNet-34, MCUNet.
 # Pretrain on partition 0, then on partition 1: no fine-tuning (validate only), vanilla BP on all /
 # the last 2 / the last 4 conv layers, gradient filter R2 on the last 2 / 4. Runs land in
-# runs/table2/<arch>/imagenet/<strategy>.
+# runs/table2/<arch>/imagenet/<method>.
 #
 # Usage: bash scripts/classification/table2.sh [ARCHS] [-- extra LightningCLI args]
 #   e.g. bash scripts/classification/table2.sh "resnet18" -- --trainer.devices 8 --trainer.strategy ddp
@@ -31,11 +31,11 @@ for arch in $ARCHS; do
   "$PY" -m classification validate "${common[@]}" --config "$C/schedules/imagenet_finetune.yaml" \
     --run_name no-finetune --model.init_from "$pretrained" "$@"
   finetune=("${common[@]}" --config "$C/schedules/imagenet_finetune.yaml" --model.init_from "$pretrained")
-  "$PY" -m classification fit "${finetune[@]}" --config "$C/strategies/vanilla.yaml" --model.trainable_layers all "$@"
+  "$PY" -m classification fit "${finetune[@]}" --config "$C/methods/vanilla.yaml" --model.method.layers all "$@"
   for layers in 2 4; do
-    for strategy in vanilla r2; do
-      "$PY" -m classification fit "${finetune[@]}" --config "$C/strategies/$strategy.yaml" \
-        --model.trainable_layers "$layers" "$@"
+    for method in vanilla r2; do
+      "$PY" -m classification fit "${finetune[@]}" --config "$C/methods/$method.yaml" \
+        --model.method.layers "$layers" "$@"
     done
   done
 done

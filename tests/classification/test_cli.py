@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from classification.cli import main
-from classification.module import ClassificationModule
+from classification.module import ClassificationModule, method_of
 from classification.report import collect, main as report_main
 from gradfilt import FilteredConv2d
 from gradfilt.cost import estimate
@@ -26,10 +26,10 @@ def _args(fmnist_root, tmp_path, *extra, configs=()):
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra]
 
 
-def _finetune(fmnist_root, tmp_path, strategy, *extra):
+def _finetune(fmnist_root, tmp_path, method, *extra):
     pretrained = tmp_path / "runs" / "t" / "resnet18" / "fmnist" / "pretrain" / "best.ckpt"
-    return _args(fmnist_root, tmp_path, "--model.trainable_layers", "2", "--model.init_from", str(pretrained),
-                 *extra, configs=[CFG / "schedules" / "fmnist_finetune.yaml", CFG / "strategies" / f"{strategy}.yaml"])
+    return _args(fmnist_root, tmp_path, "--model.method.layers", "2", "--model.init_from", str(pretrained),
+                 *extra, configs=[CFG / "schedules" / "fmnist_finetune.yaml", CFG / "methods" / f"{method}.yaml"])
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,8 @@ def runs(fmnist_root, tmp_path_factory):
     """Pretrain, then fine-tune vanilla and R2 (2 layers) from it; returns (tmp, {name: cli})."""
     tmp = tmp_path_factory.mktemp("cls")
     clis = {"pretrain": main(["fit", *_args(fmnist_root, tmp, configs=[CFG / "schedules" / "fmnist_pretrain.yaml"])])}
-    for strategy in ("vanilla", "r2"):
-        clis[strategy] = main(["fit", *_finetune(fmnist_root, tmp, strategy)])
+    for method in ("vanilla", "r2"):
+        clis[method] = main(["fit", *_finetune(fmnist_root, tmp, method)])
     return tmp, clis
 
 
@@ -54,7 +54,7 @@ def test_pretrain_writes_logs_config_and_best_checkpoint(runs):
 def test_filtered_finetune_trains_only_the_filtered_layers(runs, fmnist_root):
     tmp, clis = runs
     model = clis["r2"].model
-    assert model.strategy == "R2-2L"
+    assert model.method.tag == "R2-2L"
     trained = {n for n, p in model.model.named_parameters() if p.requires_grad}
     assert trained == {"layer4.1.conv1.weight", "layer4.1.conv1.bias", "layer4.1.conv2.weight",
                        "layer4.1.conv2.bias", "fc.weight", "fc.bias"}  # biases from fuse_bn
@@ -62,7 +62,8 @@ def test_filtered_finetune_trains_only_the_filtered_layers(runs, fmnist_root):
         conv = model.model.get_submodule(name)
         assert type(conv) is FilteredConv2d and conv.patch_size == 2
     assert sum(isinstance(m, FilteredConv2d) for m in model.modules()) == 2
-    fresh = ClassificationModule(**{k: v for k, v in model.hparams.items() if not k.startswith("_")})  # as set up
+    fresh = ClassificationModule(**{k: v for k, v in model.hparams.items() if not k.startswith("_")}
+                                 | {"method": method_of(model.hparams.method)})  # as set up
     before = dict(fresh.model.named_parameters())
     for name, param in model.model.named_parameters():
         if name in trained:
@@ -82,7 +83,7 @@ def test_vanilla_and_filtered_start_from_the_same_weights(runs):
 
 def test_cost_is_logged_and_reported(runs, capsys):
     tmp, clis = runs
-    rows = {r["strategy"]: r for r in collect([tmp / "runs" / "t"])}
+    rows = {r["method"]: r for r in collect([tmp / "runs" / "t"])}
     assert set(rows) == {"pretrain", "vanilla-2L", "R2-2L"}
     fresh = ClassificationModule(arch="resnet18", num_classes=10, image_size=32)
     expected = estimate(fresh.model, 32, 2, 2).backward_flops
@@ -101,7 +102,7 @@ def test_validate_test_and_resume(runs, fmnist_root):
     args = _finetune(fmnist_root, tmp, "r2")
     main(["validate", *args, "--ckpt_path", str(best)])
     main(["test", *args, "--ckpt_path", str(best)])
-    row = {r["strategy"]: r for r in collect([tmp / "runs" / "t"])}["R2-2L"]
+    row = {r["method"]: r for r in collect([tmp / "runs" / "t"])}["R2-2L"]
     assert row["test_acc"] is not None
     last = next((tmp / "runs" / "t" / "resnet18" / "fmnist" / "R2-2L" / "version_0" / "checkpoints").glob("last*.ckpt"))
     resumed = main(["fit", *args, "--ckpt_path", str(last), "--trainer.max_epochs", "2"])
@@ -110,13 +111,14 @@ def test_validate_test_and_resume(runs, fmnist_root):
 
 
 def test_composed_configs_resolve(fmnist_root, tmp_path):
-    cli = main(_args(fmnist_root, tmp_path, "--model.trainable_layers", "3",
-                     configs=[CFG / "schedules" / "cifar_finetune.yaml", CFG / "strategies" / "r4.yaml"]), run=False)
-    hp = cli.model.hparams
-    assert (hp.patch_size, hp.trainable_layers, hp.fuse_bn, hp.momentum, hp.image_size) == (4, 3, True, 0.0, 32)
+    cli = main(_args(fmnist_root, tmp_path, "--model.method.layers", "3",
+                     configs=[CFG / "schedules" / "cifar_finetune.yaml", CFG / "methods" / "r4.yaml"]), run=False)
+    hp, method = cli.model.hparams, cli.model.method
+    assert (method.patch_size, method.layers, hp.fuse_bn, hp.momentum, hp.image_size) == (4, 3, True, 0.0, 32)
+    assert method.tag == "R4-3L"
     assert cli.datamodule.partition == 1 and cli.trainer.gradient_clip_val == 2.0
-    explicit = main(_args(fmnist_root, tmp_path, configs=[CFG / "strategies" / "resnet18_layer4_r2.yaml"]), run=False)
-    assert explicit.model.strategy == "custom"
+    explicit = main(_args(fmnist_root, tmp_path, configs=[CFG / "methods" / "resnet18_layer4_r2.yaml"]), run=False)
+    assert explicit.model.method.tag.startswith("R2-custom-")
     filtered = sorted(n for n, m in explicit.model.model.named_modules() if isinstance(m, FilteredConv2d))
     assert filtered == ["layer4.1.conv1", "layer4.1.conv2"]
 
@@ -125,11 +127,14 @@ def test_composed_configs_resolve(fmnist_root, tmp_path):
     (["--model.bogus", "1"], SystemExit, "bogus"),
     (["--data.dataset", "svhn"], SystemExit, r"unknown dataset 'svhn'; valid datasets: \['cifar10', 'cifar100'"),
     (["--model.arch", "vgg"], ValueError, r"unknown arch 'vgg'; valid archs: \['mcunet', 'mobilenet_v2'"),
-    (["--model.trainable_layers", "40"], ValueError, r"trainable_layers=40 for resnet18: asked for the last 40 "
-                                                     r"main-path conv layers but the forward pass runs only 17"),
-    (["--model.patch_size", "2", "--model.filter_install", "[{path: fc, patch_size: 2}]"], ValueError,
-     "either model.patch_size"),
-    (["--model.filter_install", "[{path: layer9, patch_size: 2}]"], KeyError, "layer9"),
+    (["--model.method", "Vanilla", "--model.method.layers", "40"], ValueError,
+     r"model.method \(vanilla-40L\) on resnet18: vanilla layers=40: asked for the last 40 main-path conv layers "
+     r"but the forward pass runs only 17"),
+    (["--model.method", "GradientFilter", "--model.method.patch_size", "2", "--model.method.filter_install",
+      "[{path: fc, patch_size: 2}]"], ValueError, "either patch_size"),
+    (["--model.method", "GradientFilter", "--model.method.filter_install", "[{path: layer9, patch_size: 2}]"],
+     KeyError, "layer9"),
+    (["--model.method", "Sparse"], SystemExit, "Sparse"),
 ])
 def test_cli_errors(fmnist_root, tmp_path, extra, error, message, capsys):
     """Parser errors exit with status 2 and say why on stderr; set-up errors raise with the reason."""

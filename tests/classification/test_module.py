@@ -6,19 +6,19 @@ import pytest
 import torch
 from torch import nn
 
-from classification.module import ClassificationModule, _WarmupCosine, strategy_tag
-from gradfilt import FilteredConv2d
+from classification.module import ClassificationModule, _WarmupCosine
+from gradfilt import FilteredConv2d, GradientFilter, Vanilla
 
 
-def test_strategy_tags():
-    assert strategy_tag("all", None) == "vanilla-all"
-    assert strategy_tag(2, None) == "vanilla-2L"
-    assert strategy_tag(4, 7) == "R7-4L"
-    assert strategy_tag("all", None, freeze=["", "~fc"]) == "custom"
+def test_default_method_is_vanilla_on_every_layer():
+    module = ClassificationModule(arch="resnet18", num_classes=5, image_size=32)
+    assert module.method.tag == "vanilla-all" and all(p.requires_grad for p in module.parameters())
+    assert module.hparams.method == {"class_path": "gradfilt.methods.vanilla.Vanilla",
+                                     "init_args": {"layers": None, "freeze": None, "update_frozen_bn_stats": False}}
 
 
-def test_trainable_layers_zero_trains_only_the_classifier():
-    module = ClassificationModule(arch="mobilenet_v2", num_classes=5, image_size=32, trainable_layers=0)
+def test_zero_layers_trains_only_the_classifier():
+    module = ClassificationModule(arch="mobilenet_v2", num_classes=5, image_size=32, method=Vanilla(layers=0))
     assert {n for n, p in module.model.named_parameters() if p.requires_grad} == {"classifier.1.weight",
                                                                                   "classifier.1.bias"}
     assert [layer.name for layer in module.cost.layers] == ["classifier.1"]
@@ -26,11 +26,11 @@ def test_trainable_layers_zero_trains_only_the_classifier():
 
 
 def test_filters_on_mcunet_last_layers_and_bn_eval():
-    module = ClassificationModule(arch="mcunet", num_classes=10, image_size=64, trainable_layers=2, patch_size=4,
+    module = ClassificationModule(arch="mcunet", num_classes=10, image_size=64, method=GradientFilter(2, 4),
                                   bn_eval=True)
     filtered = [n for n, m in module.model.named_modules() if isinstance(m, FilteredConv2d)]
     assert filtered == ["14.conv.1.0", "14.conv.2.0"]  # depthwise 3x3 and the projection 1x1
-    module.train()
+    module.train()(torch.randn(2, 3, 64, 64))
     assert all(not m.training for m in module.modules() if isinstance(m, nn.BatchNorm2d))
     assert module.model[14].conv[2][0].training
 
@@ -71,10 +71,10 @@ def test_init_from_errors(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(trainable_layers=2, freeze=["", "~fc"]), "either model.trainable_layers or model.freeze"),
-    (dict(trainable_layers=-1), "must be >= 0 or 'all'"),
     (dict(warmup_epochs=-1), "warmup_epochs must be >= 0"),
-    (dict(filter_install=[{"path": "layer4", "patch_size": 2, "kind": "all"}]), r"unknown key\(s\) \['kind'\]"),
+    (dict(method={"class_path": "GradientFilter", "init_args": {"filter_install": [
+        {"path": "layer4", "patch_size": 2, "kind": "all"}]}}), r"unknown key\(s\) \['kind'\]"),
+    (dict(method={"class_path": "Sparse"}), r"unknown method 'Sparse'; valid methods: \['gradient_filter'"),
 ])
 def test_setup_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):

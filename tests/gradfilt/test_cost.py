@@ -172,24 +172,8 @@ def test_configured_model_costs_like_the_strategy():
         estimate(model, 224, ["fc"], {"layer9": 2})
 
 
-CLASSIFICATION = Path(__file__).resolve().parents[2] / "configs" / "classification"
-
-
-def test_cli_reads_a_classification_config(capsys, tmp_path):
-    files = ["base.yaml", "models/resnet34.yaml", "datasets/cifar100.yaml", "schedules/cifar_finetune.yaml",
-             "strategies/r2.yaml"]
-    layers = tmp_path / "layers4.yaml"
-    layers.write_text("model:\n  trainable_layers: 4\n")
-    argv = [a for f in files for a in ("--config", str(CLASSIFICATION / f))] + ["--config", str(layers)]
-    assert main([*argv, "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["backward_flops"] == pytest.approx(64.21 * M, rel=0.01)  # Table 11, ResNet-34 CIFAR-100 R2 4L
-    assert result["patch_size"] == {"layer4.1.conv1": 2, "layer4.1.conv2": 2, "layer4.2.conv1": 2,
-                                    "layer4.2.conv2": 2}
-
-
 def test_cli_measures_with_and_without_bn_folded(capsys):
-    assert main(["--arch", "resnet18", "--num-classes", "10", "--image-size", "64", "--trainable-layers", "2",
+    assert main(["--arch", "resnet18", "--num-classes", "10", "--image-size", "64", "--layers", "2",
                  "--patch-size", "2", "--batch-size", "2", "--measure", "--json"]) == 0
     measured = json.loads(capsys.readouterr().out)["measured_bytes"]
     assert measured["as configured"]["batchnorm"] > 0 and measured["fuse_bn"]["batchnorm"] == 0
@@ -198,7 +182,7 @@ def test_cli_measures_with_and_without_bn_folded(capsys):
 
 def test_cli_json_contract(capsys):
     assert main(["--arch", "resnet18", "--num-classes", "10", "--image-size", "224",
-                 "--trainable-layers", "1", "--patch-size", "7", "--json"]) == 0
+                 "--layers", "1", "--patch-size", "7", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["backward_flops"] == 303_104
     assert result["activation_bytes"] == 512 * 1 * 4
@@ -206,10 +190,10 @@ def test_cli_json_contract(capsys):
 
 
 def test_cli_table_and_measure(capsys):
-    assert main(["--arch", "mcunet", "--image-size", "96", "--trainable-layers", "2", "--patch-size", "2",
+    assert main(["--arch", "mcunet", "--image-size", "96", "--layers", "2", "--patch-size", "2",
                  "--measure"]) == 0
     out = capsys.readouterr().out
-    assert "| 14.conv.2.0 | 576x3x3 | 160x3x3 | 2 | yes |" in out
+    assert "| 14.conv.2.0 | conv | 576x3x3 | 160x3x3 | 2 | yes |" in out
     assert "measured saved for backward (as configured): conv " in out
     assert "measured saved for backward (fuse_bn): conv " in out
 
@@ -217,9 +201,11 @@ def test_cli_table_and_measure(capsys):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        ([], "give either --arch .* or --config, exactly one"),
+        ([], "the following arguments are required: --arch"),
+        (["--arch", "resnet18", "--image-size", "16"], "image size 16x16 is too small for ResNet"),
+        (["--arch", "resnet18", "--layers", "30"], "asked for the last 30 main-path conv layers"),
         (["--arch", "vgg"], r"unknown arch 'vgg'; valid archs: \['mcunet', 'mobilenet_v2', 'resnet18', 'resnet34'\]"),
-        (["--arch", "resnet18", "--trainable-layers", "two"], "must be an int >= 0 or 'all'"),
+        (["--arch", "resnet18", "--layers", "two"], "must be an int >= 0 or 'all'"),
         (["--arch", "resnet18", "--patch-size", "0"], "patch_size must be an int >= 1"),
     ],
 )
@@ -228,3 +214,41 @@ def test_cli_errors(capsys, argv, message):
         main(argv)
     assert exit_info.value.code == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def _tiny():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 6, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(6, 8, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 5),
+    )
+
+
+def test_bias_only_layer_keeps_no_input_and_frozen_layers_above_it_cost_their_grad_x():
+    model = _tiny()
+    freeze(model, ["", "~3.bias"])  # only the middle conv's bias trains
+    report = estimate_configured(model, 8)
+    by_name = {layer.name: layer for layer in report.layers}
+    assert list(by_name) == ["3", "5", "8"]  # conv 0 is below every trainable parameter: not in the backward
+    assert (by_name["3"].type, by_name["3"].flops, by_name["3"].activation_bytes) == ("conv-bias", 6 * 64, 0)
+    assert not by_name["3"].needs_grad_input
+    # frozen layers between the trainable bias and the loss propagate g: grad_x only, nothing kept
+    assert (by_name["5"].type, by_name["5"].flops, by_name["5"].activation_bytes) == ("conv-frozen",
+                                                                                       2 * 8 * 6 * 64, 0)
+    assert (by_name["8"].type, by_name["8"].flops) == ("linear-frozen", 2 * 8 * 5)
+    assert report.activation_bytes == 0 and report.trainable_params == 6 and report.uncounted == []
+
+
+def test_trainable_batchnorm_is_listed_as_uncounted_and_makes_the_convs_above_it_propagate():
+    model = _tiny()
+    freeze(model, ["", "~1"])  # BN-only training
+    report = estimate_configured(model, 8)
+    assert report.uncounted == ["1"] and report.trainable_params == 8
+    assert [(layer.name, layer.type, layer.needs_grad_input) for layer in report.layers] == [
+        ("3", "conv-frozen", True), ("5", "conv-frozen", True), ("8", "linear-frozen", True)]
+    install_filters(model, [{"path": "3", "patch_size": 2}])  # a frozen filtered conv: g~y and grad_x~ only
+    filtered = {layer.name: layer for layer in estimate_configured(model, 8).layers}["3"]
+    patches, hw = 16, 64
+    assert filtered.flops == 6 * (hw + patches) + patches * 4 * (2 * 6 - 1) + 6 * 4 * (9 - 1)
+    assert filtered.activation_bytes == 0

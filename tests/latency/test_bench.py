@@ -5,14 +5,17 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from gradfilt import filtered_conv2d
 from latency.__main__ import main
-from latency.bench import (PARTS, ConvCase, _part_fns, bench_case, bench_parts, bench_steps, model_cases,
-                           table10_cases, time_rounds)
+from latency.bench import (PARTS, ConvCase, _part_fns, bench_case, bench_parts, bench_steps, method_config,
+                           model_cases, table10_cases, time_rounds)
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_table10_cases_are_the_papers():
@@ -101,13 +104,24 @@ def test_parts_mode_skips_the_cases_it_cannot_split(tmp_path, capsys):
 
 
 def test_step_mode_splits_the_step(tmp_path, capsys):
-    rows = bench_steps("resnet18", 2, [None, 2], batch=2, image_size=64, device=torch.device("cpu"), repeats=1)
-    assert [row["patch_size"] for row in rows] == ["-", 2]
+    methods = [{"type": "vanilla"}, {"class_path": "GradientFilter", "init_args": {"patch_size": 2}}]
+    rows = bench_steps("resnet18", 2, methods, batch=2, image_size=64, device=torch.device("cpu"), repeats=1)
+    assert [(row["method"], row["patch_size"]) for row in rows] == [("vanilla-2L", "-"), ("R2-2L", 2)]
     for row in rows:
         assert row["step_ms"] == pytest.approx(row["forward_ms"] + row["backward_ms"] + row["sgd_ms"])
-    assert main(["--mode", "step", "--archs", "mobilenet_v2", "--layers", "2", "--patch-sizes", "4", "--batch", "2",
+    r4 = REPO / "configs" / "classification" / "methods" / "r4.yaml"
+    assert main(["--mode", "step", "--archs", "mobilenet_v2", "--layers", "2", "--methods", str(r4), "--batch", "2",
                  "--image-size", "64", "--repeats", "1", "--out", str(tmp_path)]) == 0
-    assert "| mobilenet_v2 | 2 | 4 |" in capsys.readouterr().out
+    assert "| mobilenet_v2 | 2 | R4-2L |" in capsys.readouterr().out
+
+
+def test_step_mode_reads_method_configs(tmp_path):
+    (tmp_path / "bare.yaml").write_text("type: gradient_filter\npatch_size: 2\n")
+    (tmp_path / "none.yaml").write_text("model:\n  lr: 0.1\n")
+    assert method_config(tmp_path / "bare.yaml") == {"type": "gradient_filter", "patch_size": 2}
+    assert method_config(REPO / "configs" / "classification" / "methods" / "r4.yaml")["class_path"] == "GradientFilter"
+    with pytest.raises(ValueError, match="holds no method config"):
+        method_config(tmp_path / "none.yaml")
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -1,7 +1,7 @@
 """Every Table 3 config (VOC and Cityscapes) loads, and its filter / freeze lists apply to the real model.
 
-No data or weights are needed: the model is built with random weights and the hooks' lists
-are applied the way the hooks apply them, which checks every path, type and patch size
+No data or weights are needed: the model is built with random weights and the config's method
+is applied the way the runner applies it, which checks every path, type and patch size
 (including r | d on dilated convs) against the networks mmseg really builds.
 """
 
@@ -9,16 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from mmseg.registry import HOOKS
+from gradfilt import FilteredConv2d, GradientFilter, Vanilla
+from segmentation import compat
 
-from gradfilt import FilteredConv2d
-import segmentation.hooks  # noqa: F401  (registers the hooks)
-from segmentation.train import load_config
+compat.install()
+from segmentation.runner import apply_method, configured_method  # noqa: E402  (needs the mmcv.ops stand-in)
+from segmentation.train import load_config  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "segmentation"
 DATASETS = {"voc12aug": ("voc12aug-512x512", 21), "cityscapes": ("cityscapes-512x1024", 19)}
 MODELS = ["deeplabv3_r18-d8", "fcn_r18-d8", "pspnet_r18-d8", "upernet_r18", "deeplabv3_m-v2-d8", "pspnet_m-v2-d8"]
-STRATEGIES = ["", "_calibration", "_vanilla5l", "_vanilla10l", "_filter5l", "_filter10l"]
+METHODS = ["", "_calibration", "_vanilla5l", "_vanilla10l", "_filter5l", "_filter10l"]
 
 
 def _build(cfg):
@@ -30,10 +31,10 @@ def _build(cfg):
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
-def test_every_model_has_every_strategy(dataset):
+def test_every_model_has_every_method(dataset):
     tag = DATASETS[dataset][0]
     names = {p.stem for p in (CONFIGS / dataset).glob("*.py")}
-    assert names == {f"{m}_1xb8-20k_{tag}{s}" for m in MODELS for s in STRATEGIES}
+    assert names == {f"{m}_1xb8-20k_{tag}{s}" for m in MODELS for s in METHODS}
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
@@ -45,12 +46,12 @@ def test_layer_selections_apply(model, dataset):
     counts = {}
     for depth in ("5l", "10l"):
         cfg = load_config(str(folder / f"{base}_filter{depth}.py"))
-        vanilla = load_config(str(folder / f"{base}_vanilla{depth}.py"))
-        hooks = {h["type"]: HOOKS.build(h) for h in cfg.custom_hooks}
-        assert hooks["FreezeLayersHook"].paths == vanilla.custom_hooks[0]["freeze"]  # same layers train
+        vanilla = configured_method(load_config(str(folder / f"{base}_vanilla{depth}.py")))
+        assert type(vanilla) is Vanilla and vanilla.freeze == configured_method(cfg).freeze  # same layers train
         net = _build(cfg)
-        installed = hooks["GradientFilterHook"].apply(net)  # what the hooks do in before_run
-        hooks["FreezeLayersHook"].apply(net)
+        method = apply_method(net, cfg)  # what the runner does right after building the model
+        assert type(method) is GradientFilter and "-custom-" in method.tag
+        installed = method.trained_convs
         assert all(net.get_submodule(n).weight.requires_grad for n in installed)  # filtered layers train
         assert all(isinstance(net.get_submodule(n), FilteredConv2d) for n in installed)
         counts[depth] = len(installed)

@@ -1,4 +1,4 @@
-"""A few real training iterations of mmseg models with gradfilt's hooks, on the Fashion-MNIST set."""
+"""A few real training iterations of mmseg models with gradfilt's methods, on the Fashion-MNIST set."""
 
 from pathlib import Path
 
@@ -9,9 +9,12 @@ from PIL import Image
 
 from gradfilt import FilteredConv2d
 from segmentation import compat
-from segmentation.datasets import build_fmnist_seg
-from segmentation import test as seg_test
-from segmentation.train import main as train_main
+
+compat.install()
+from segmentation.datasets import build_fmnist_seg  # noqa: E402  (needs the mmcv.ops stand-in)
+from segmentation.runner import MethodRunner  # noqa: E402
+from segmentation import test as seg_test  # noqa: E402
+from segmentation.train import main as train_main  # noqa: E402
 
 CFG = Path(__file__).resolve().parents[2] / "configs" / "segmentation" / "fmnist_seg"
 DEEPLAB = "deeplabv3_r18-d8_1xb8-300_fmnistseg-64x64"
@@ -46,7 +49,7 @@ def deeplab(fmnist_root, tmp_path_factory):
     return tmp, base, filtered
 
 
-def test_filter_hook_installs_the_configured_patch_sizes(deeplab):
+def test_method_installs_the_configured_patch_sizes(deeplab):
     _, _, runner = deeplab
     filtered = {n: m.patch_size for n, m in runner.model.named_modules() if isinstance(m, FilteredConv2d)}
     assert filtered == {"decode_head.bottleneck.conv": 3, "decode_head.aspp_modules.0.conv": 3,
@@ -103,9 +106,11 @@ def test_upernet_filter5l_trains(fmnist_root, tmp_path):
 
 
 @pytest.mark.parametrize("option, error, message", [
-    ("custom_hooks.0.filter_install.0.type=block", ValueError, "unknown filter type 'block'; valid types"),
-    ("custom_hooks.0.filter_install.0.path=decode_head.nope", KeyError, "decode_head.nope"),
-    ("custom_hooks.1.freeze=[~decode_head.missing]", KeyError, "decode_head.missing"),
+    ("layer_list.filter_install.0.type=block", ValueError, "unknown filter type 'block'; valid types"),
+    ("layer_list.filter_install.0.path=decode_head.nope", KeyError, "decode_head.nope"),
+    ("layer_list.freeze=[~decode_head.missing]", KeyError, "decode_head.missing"),
+    ("layer_list.filters=[]", ValueError, r"unknown layer_list key\(s\) \['filters'\]; valid keys"),
+    ("method.type=sparse", ValueError, r"unknown method 'sparse'; valid methods"),
 ])
 def test_config_errors_stop_before_training(fmnist_root, tmp_path, option, error, message):
     with pytest.raises(error, match=message):
@@ -132,7 +137,23 @@ def test_report_reads_work_dirs(deeplab, capsys):
     tmp, _, _ = deeplab
     rows = {r["run"]: r for r in summarize([tmp / "vanilla", tmp / "filter5l"])}
     assert rows["filter5l"]["trainable_convs"] == 6  # conv_seg + bottleneck + 4 ASPP convs
+    assert rows["filter5l"]["method"].startswith("filter-custom-") and rows["vanilla"]["method"] == "all layers"
     assert rows["filter5l"]["backward_flops"] < rows["vanilla"]["backward_flops"] / 10
     assert 0.0 <= rows["filter5l"]["mIoU"] <= 100.0
     assert report_main([str(tmp / "filter5l")]) == 0
-    assert "| filter5l | 6 |" in capsys.readouterr().out
+    assert f"| filter5l | {rows['filter5l']['method']} | 6 |" in capsys.readouterr().out
+
+
+def test_the_method_is_applied_before_the_model_is_wrapped(fmnist_root, tmp_path, monkeypatch):
+    seen = {}
+    wrap = MethodRunner.wrap_model
+
+    def spy(self, model_wrapper_cfg, model):
+        seen["filtered"] = sorted(n for n, m in model.named_modules() if isinstance(m, FilteredConv2d))
+        seen["trainable"] = {n for n, p in model.named_parameters() if p.requires_grad}
+        return wrap(self, model_wrapper_cfg, model)
+
+    monkeypatch.setattr(MethodRunner, "wrap_model", spy)
+    runner = _train(f"{DEEPLAB}_filter5l", fmnist_root, tmp_path, "w", iters=1)
+    assert seen["filtered"] == sorted(n for n, m in runner.model.named_modules() if isinstance(m, FilteredConv2d))
+    assert len(seen["filtered"]) == 5 and seen["trainable"] == _trainable(runner.model)

@@ -1,3 +1,7 @@
-# Vanilla BP on the paper's 10 layers: layer lists and patch sizes in the strategy file.
-_base_ = ['./deeplabv3_m-v2-d8_1xb8-20k_cityscapes-512x1024.py', '../_base_/strategies/deeplabv3_m-v2-d8_vanilla10l.py']
+# Vanilla BP on the paper's 10 layers: layer lists and patch sizes in ../_base_/methods.
+_base_ = [
+    './deeplabv3_m-v2-d8_1xb8-20k_cityscapes-512x1024.py',
+    '../_base_/methods/deeplabv3_m-v2-d8_10l.py',
+    '../_base_/methods/vanilla.py',
+]
 model = dict(auxiliary_head=None)  # only head / last layers train: no auxiliary loss

@@ -1,4 +1,4 @@
-# PSPNet, MobileNetV2, output stride 8 on Cityscapes with the paper's strategies, from an ImageNet backbone as
+# PSPNet, MobileNetV2, output stride 8 on Cityscapes with the paper's methods, from an ImageNet backbone as
 # mmseg's own Cityscapes recipes; this file trains every layer. No published numbers.
 _base_ = [
     '../_base_/models/pspnet_m-v2-d8.py', 'mmseg::_base_/datasets/cityscapes.py',

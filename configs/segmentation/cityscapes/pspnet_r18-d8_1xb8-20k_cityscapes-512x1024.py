@@ -1,4 +1,4 @@
-# PSPNet, ResNet-18 (V1c), output stride 8 on Cityscapes with the paper's strategies, from an ImageNet backbone as
+# PSPNet, ResNet-18 (V1c), output stride 8 on Cityscapes with the paper's methods, from an ImageNet backbone as
 # mmseg's own Cityscapes recipes; this file trains every layer. No published numbers.
 _base_ = [
     '../_base_/models/pspnet_r18-d8.py', 'mmseg::_base_/datasets/cityscapes.py',

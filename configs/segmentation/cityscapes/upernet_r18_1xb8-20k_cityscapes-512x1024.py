@@ -1,4 +1,4 @@
-# UPerNet, ResNet-18 (V1c) on Cityscapes with the paper's strategies, from an ImageNet backbone as
+# UPerNet, ResNet-18 (V1c) on Cityscapes with the paper's methods, from an ImageNet backbone as
 # mmseg's own Cityscapes recipes; this file trains every layer. No published numbers.
 _base_ = [
     '../_base_/models/upernet_r18.py', 'mmseg::_base_/datasets/cityscapes.py',

@@ -1,3 +1,7 @@
-# Gradient filters on the paper's 5 layers (the layer lists and patch sizes of Table 3's configs).
-_base_ = ['./deeplabv3_r18-d8_1xb8-300_fmnistseg-64x64.py', '../_base_/strategies/deeplabv3_filter5l.py']
+# Gradient filters on the paper's 5 layers (the layer list and patch sizes of Table 3's configs).
+_base_ = [
+    './deeplabv3_r18-d8_1xb8-300_fmnistseg-64x64.py',
+    '../_base_/methods/deeplabv3_5l.py',
+    '../_base_/methods/gradient_filter.py',
+]
 model = dict(auxiliary_head=None)  # nothing below the head trains: no auxiliary loss

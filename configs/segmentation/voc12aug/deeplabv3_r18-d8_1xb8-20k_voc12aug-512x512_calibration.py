@@ -1,4 +1,4 @@
 # Calibration: classifiers + BatchNorm statistics, 1000 iterations.
-_base_ = ['./deeplabv3_r18-d8_1xb8-20k_voc12aug-512x512.py', '../_base_/strategies/calibration.py']
+_base_ = ['./deeplabv3_r18-d8_1xb8-20k_voc12aug-512x512.py', '../_base_/methods/calibration.py']
 param_scheduler = [dict(type='CosineAnnealingLR', eta_min=0.0, by_epoch=False, begin=0, end=1000)]
 train_cfg = dict(max_iters=1000, val_interval=1000)

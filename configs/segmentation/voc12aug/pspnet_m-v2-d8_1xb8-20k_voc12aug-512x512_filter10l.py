@@ -1,3 +1,7 @@
-# Gradient filters on the paper's 10 layers: layer lists and patch sizes in the strategy file.
-_base_ = ['./pspnet_m-v2-d8_1xb8-20k_voc12aug-512x512.py', '../_base_/strategies/pspnet_m-v2-d8_filter10l.py']
+# Gradient filters on the paper's 10 layers: layer lists and patch sizes in ../_base_/methods.
+_base_ = [
+    './pspnet_m-v2-d8_1xb8-20k_voc12aug-512x512.py',
+    '../_base_/methods/pspnet_m-v2-d8_10l.py',
+    '../_base_/methods/gradient_filter.py',
+]
 model = dict(auxiliary_head=None)  # only head / last layers train: no auxiliary loss

@@ -1,3 +1,7 @@
-# Gradient filters on the paper's 5 layers: layer lists and patch sizes in the strategy file.
-_base_ = ['./pspnet_r18-d8_1xb8-20k_voc12aug-512x512.py', '../_base_/strategies/pspnet_filter5l.py']
+# Gradient filters on the paper's 5 layers: layer lists and patch sizes in ../_base_/methods.
+_base_ = [
+    './pspnet_r18-d8_1xb8-20k_voc12aug-512x512.py',
+    '../_base_/methods/pspnet_5l.py',
+    '../_base_/methods/gradient_filter.py',
+]
 model = dict(auxiliary_head=None)  # only head / last layers train: no auxiliary loss

@@ -1,3 +1,7 @@
-# Vanilla BP on the paper's 5 layers: layer lists and patch sizes in the strategy file.
-_base_ = ['./upernet_r18_1xb8-20k_voc12aug-512x512.py', '../_base_/strategies/upernet_r18_vanilla5l.py']
+# Vanilla BP on the paper's 5 layers: layer lists and patch sizes in ../_base_/methods.
+_base_ = [
+    './upernet_r18_1xb8-20k_voc12aug-512x512.py',
+    '../_base_/methods/upernet_r18_5l.py',
+    '../_base_/methods/vanilla.py',
+]
 model = dict(auxiliary_head=None)  # only head / last layers train: no auxiliary loss

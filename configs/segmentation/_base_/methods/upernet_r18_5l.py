@@ -1,0 +1,18 @@
+# UPerNet-R18, the paper's 5 layers: the FPN fusion convs and the PPM bottleneck train.
+# What trains (freeze) and where the filters go, with the released patch sizes (filter_install);
+# shared by the model's vanilla and gradient-filter configs (each method takes the keys it uses).
+layer_list = dict(
+    freeze=[
+        '',
+        '~decode_head.conv_seg',
+        '~decode_head.fpn_bottleneck',
+        '~decode_head.fpn_convs',
+        '~decode_head.bottleneck',
+    ],
+    filter_install=[
+        dict(path='decode_head.fpn_bottleneck', patch_size=8, type='cbr'),
+        dict(path='decode_head.fpn_convs.0', patch_size=8, type='cbr'),
+        dict(path='decode_head.fpn_convs.1', patch_size=4, type='cbr'),
+        dict(path='decode_head.fpn_convs.2', patch_size=2, type='cbr'),
+        dict(path='decode_head.bottleneck', patch_size=2, type='cbr'),
+    ])

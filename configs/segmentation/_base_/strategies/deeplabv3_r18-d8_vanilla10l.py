@@ -1,2 +1,0 @@
-# Vanilla BP on the paper's 10 layers; everything else frozen (frozen BN in eval mode).
-custom_hooks = [dict(type='FreezeLayersHook', freeze=['', '~decode_head.conv_seg', '~decode_head.bottleneck', '~decode_head.aspp_modules', '~backbone.layer4.0.conv1', '~backbone.layer4.0.conv2', '~backbone.layer4.1.conv1', '~backbone.layer4.1.conv2'])]

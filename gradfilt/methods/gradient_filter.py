@@ -1,0 +1,76 @@
+"""Gradient filtering (Yang, Li, Marculescu, CVPR 2023) as a training method.
+
+The trained layers are chosen as for :class:`~gradfilt.methods.Vanilla` (``layers: N``,
+``layers: all`` or an explicit ``freeze`` list); the filters go either on the convs the layer
+count selects (``patch_size: r``, the paper's "#Layers + patch size") or where an explicit
+``filter_install`` list puts them (dotted paths, per-entry patch size and block type, see
+:func:`gradfilt.install_filters`). Filtered layers are :class:`gradfilt.FilteredConv2d` sharing
+the original Parameter objects. All checks (paths, types, patch sizes against dilations) run
+before the first swap.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from torch import Tensor, nn
+
+from ..functional import check_patch_size
+from ..install import FilterSpec, plan_filters, swap_filters
+from .base import register_method
+from .vanilla import Layers, Vanilla, config_digest
+
+__all__ = ["GradientFilter"]
+
+
+@register_method("gradient_filter")
+class GradientFilter(Vanilla):
+    """Vanilla layer selection plus gradient filters on the trained convs.
+
+    Args:
+        layers: the paper's "#Layers" (last N main-path convs + classifier), or ``all``.
+        patch_size: r of the filters on the convs ``layers`` selects (``all``: every conv).
+        filter_install: explicit filters instead of ``patch_size``: entries ``{path, patch_size, type}``.
+        freeze: explicit freeze list instead of ``layers`` (``~path`` un-freezes).
+        update_frozen_bn_stats: frozen BatchNorm layers keep updating their running statistics.
+    """
+
+    def __init__(self, layers: Layers = None, patch_size: Optional[int] = None,
+                 filter_install: Optional[list[dict]] = None, freeze: Optional[list[str]] = None,
+                 update_frozen_bn_stats: bool = False) -> None:
+        super().__init__(layers, freeze, update_frozen_bn_stats)
+        if (patch_size is None) == (filter_install is None):
+            raise ValueError("gradient_filter needs either patch_size (filters on the convs `layers` selects) or an "
+                             "explicit filter_install list, exactly one; for plain BP use the method 'vanilla'")
+        if patch_size is not None:
+            if self.freeze is not None:
+                raise ValueError("patch_size filters the convs `layers` selects; with an explicit freeze list give "
+                                 "an explicit filter_install list too")
+            check_patch_size(patch_size)
+        self.patch_size = patch_size
+        if filter_install is not None and (isinstance(filter_install, (str, dict)) or not filter_install):
+            raise ValueError(f"filter_install must be a non-empty list of {{path, patch_size, type}} entries, "
+                             f"got {filter_install!r}")
+        self.filter_install = None if filter_install is None else [
+            FilterSpec.parse(s if isinstance(s, FilterSpec) else dict(s)) for s in filter_install]
+
+    def apply(self, model: nn.Module, example_input: Tensor) -> None:
+        convs, paths = self.plan(model, example_input)
+        specs = self.filter_install or [FilterSpec(name, self.patch_size, "conv") for name in convs]
+        swaps = plan_filters(model, specs)
+        swap_filters(model, swaps)
+        self._finish(model, list(swaps), paths)
+
+    @property
+    def tag(self) -> str:
+        if self.filter_install is None:
+            return f"R{self.patch_size}-{self._depth()}"
+        sizes = {s.patch_size for s in self.filter_install}
+        prefix = f"R{sizes.pop()}" if len(sizes) == 1 else "filter"
+        specs = [(s.path, s.patch_size, s.type) for s in self.filter_install]
+        return f"{prefix}-custom-{config_digest(specs, self.freeze, self.layers)}"
+
+    def fields(self) -> dict[str, Any]:
+        explicit = self.freeze is not None
+        return {"method": self.tag, "layers": "custom" if explicit else self.layers,
+                "patch_size": self.patch_size if self.filter_install is None else "custom"}

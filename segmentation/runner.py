@@ -1,0 +1,141 @@
+"""``MethodRunner``: mmengine's Runner with a gradfilt training method applied to the model it builds.
+
+A config names the method at top level, with the same Method classes classification uses::
+
+    runner_type = 'MethodRunner'
+    method = dict(type='gradient_filter')          # or 'vanilla', or any registered method
+    layer_list = dict(freeze=[...], filter_install=[...])
+
+``layer_list`` is a model's choice of layers, written once and shared by its vanilla and
+filtered configs: each method takes the keys its signature names (``vanilla`` takes
+``freeze``; ``gradient_filter`` also takes ``filter_install``); keys given in ``method`` win.
+Without ``method`` every parameter trains.
+
+The method is applied in :meth:`MethodRunner.build_model`, right after the segmentor is built
+and before anything else sees it: before the model is wrapped for distributed training (so
+DistributedDataParallel registers exactly the trainable parameters), before checkpoint loading
+(``load_from`` fills the same Parameter objects), and before the optimizer is built. Every check
+runs before the first change. The method's ``before_backward`` / ``after_backward`` hooks run
+around each backward (through the optimizer wrapper); ``select_samples`` is refused for now.
+
+On a machine without CUDA, ``--launcher pytorch`` (torchrun) trains with the gloo backend on
+CPU processes; see :mod:`segmentation.train`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Optional
+
+import torch
+from mmengine.runner import Runner
+from mmseg.registry import RUNNERS
+from torch import nn
+
+from gradfilt.methods import Method, build_method, method_class
+
+__all__ = ["MethodRunner", "LAYER_LIST_KEYS", "configured_method", "apply_method", "example_input"]
+
+LAYER_LIST_KEYS = ("layers", "freeze", "filter_install")
+
+
+def _plain(value: Any) -> Any:
+    """mmengine ConfigDict / lists as plain dicts and lists."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def configured_method(cfg) -> Optional[Method]:
+    """The Method a config describes (``method`` + the keys of ``layer_list`` it takes), or None.
+
+    Args:
+        cfg: an mmengine Config.
+
+    Raises:
+        ValueError naming the valid keys for an unknown ``layer_list`` key, the valid methods for an
+        unknown type, and the method's own errors for a bad argument.
+    """
+    spec = cfg.get("method")
+    layer_list = _plain(cfg.get("layer_list") or {})
+    if spec is None:
+        if layer_list:
+            raise ValueError("the config has a layer_list but no method; add e.g. method = dict(type='vanilla')")
+        return None
+    spec = _plain(spec)
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise ValueError(f"method must be a dict with a 'type' (e.g. dict(type='gradient_filter')), got {spec!r}")
+    unknown = sorted(set(layer_list) - set(LAYER_LIST_KEYS))
+    if unknown:
+        raise ValueError(f"unknown layer_list key(s) {unknown}; valid keys: {list(LAYER_LIST_KEYS)}")
+    accepted = inspect.signature(method_class(spec["type"])).parameters
+    taken = {k: v for k, v in layer_list.items() if k in accepted and k not in spec}
+    method = build_method({**taken, **spec})
+    if type(method).select_samples is not Method.select_samples:
+        raise ValueError(f"method {method.tag}: per-sample selection (select_samples) is not supported by the "
+                         f"segmentation runner")
+    return method
+
+
+def example_input(cfg) -> torch.Tensor:
+    """A zeros batch of one image at the config's crop size (for tracing the segmentor)."""
+    size = cfg.get("crop_size") or cfg.model.get("data_preprocessor", {}).get("size") or (512, 512)
+    return torch.zeros(1, 3, *size)
+
+
+def apply_method(model: nn.Module, cfg) -> Optional[Method]:
+    """Apply the config's method to a freshly built segmentor (unwrapped) in place; returns it.
+
+    Args:
+        model: the segmentor mmseg built from ``cfg.model``.
+        cfg: the run's config.
+    """
+    method = configured_method(cfg)
+    if method is not None:
+        method.apply(model, example_input(cfg))
+    return method
+
+
+@RUNNERS.register_module()
+class MethodRunner(Runner):
+    """mmengine Runner that applies ``cfg.method`` to the model as soon as it is built.
+
+    Takes the Runner's arguments; the method comes from the config (``method``, ``layer_list``).
+    Attributes:
+        method: the applied Method, or None.
+    """
+
+    method: Optional[Method] = None
+
+    def build_model(self, model):
+        model = super().build_model(model)
+        self.method = apply_method(model, self.cfg)
+        if self.method is not None:
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            self.logger.info(f"method {self.method.tag}: {trainable:,} trainable parameters")
+        return model
+
+    def wrap_model(self, model_wrapper_cfg, model):
+        if self.distributed and model_wrapper_cfg is None and not torch.cuda.is_available():
+            model_wrapper_cfg = dict(type="MMDistributedDataParallel")  # CPU processes: no device_ids
+        return super().wrap_model(model_wrapper_cfg, model)
+
+    def build_optim_wrapper(self, optim_wrapper):
+        wrapper = super().build_optim_wrapper(optim_wrapper)
+        method = self.method
+        if method is not None and (type(method).before_backward is not Method.before_backward
+                                   or type(method).after_backward is not Method.after_backward):
+            backward = wrapper.backward
+            net = self.model.module if hasattr(self.model, "module") else self.model
+
+            @functools.wraps(backward)
+            def backward_with_hooks(loss, **kwargs):
+                method.before_backward(net, loss, self.iter)
+                backward(loss, **kwargs)
+                method.after_backward(net, self.iter)
+
+            wrapper.backward = backward_with_hooks
+        return wrapper
