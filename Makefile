@@ -17,7 +17,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml gradfilt/_kernels.cpp
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "Installing gradfilt and its dependencies into $(VENV) ..."
-	$(PY) -m pip install --quiet -e ".[dev]" 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
+	$(PY) -m pip install --quiet -e ".[all,dev]" 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
 	@touch $@
 
 data: $(FMNIST)

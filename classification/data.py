@@ -1,6 +1,6 @@
 """Datasets, the paper's non-i.i.d. partitions and the LightningDataModule that serves them.
 
-Protocol (shared/PAPER.md "Classification protocol"): the training split is cut into K
+Protocol (docs/paper.md "Classification protocol"): the training split is cut into K
 partitions with FedAvg label shards (indices sorted by label, 2K equal shards, two random
 shards per partition); pretraining uses partition 0, fine-tuning partition 1. Each partition
 is split 80/20 into train/validation with a seeded permutation. The partition table is saved

@@ -28,7 +28,7 @@ from gradfilt import classifier_name
 from gradfilt.freeze import keep_bn_eval
 from gradfilt.fuse import fuse_bn as fold_bn
 from gradfilt.methods import Method, Vanilla, build_method
-from gradfilt.models import build_model
+from gradfilt.models import TIMM_PREFIX, build_model, timm_pretrained
 from gradfilt.paths import replace_module
 
 __all__ = ["ClassificationModule", "imagenet_model", "method_of"]
@@ -44,15 +44,19 @@ def method_of(config: Optional[dict]) -> Method:
 
 
 def imagenet_model(arch: str, num_classes: int) -> nn.Module:
-    """``arch`` with torchvision's ImageNet weights (IMAGENET1K_V1), classifier re-made if num_classes != 1000.
+    """``arch`` with ImageNet weights, classifier re-made if num_classes != 1000: torchvision's IMAGENET1K_V1
+    for mobilenet_v2, resnet18 and resnet34, timm's default weights for ``timm/<name>``.
 
     Args:
-        arch: mobilenet_v2, resnet18 or resnet34.
+        arch: mobilenet_v2, resnet18, resnet34 or timm/<name>.
         num_classes: outputs of the classifier; a new, randomly initialized one unless 1000.
     """
+    if arch.startswith(TIMM_PREFIX):
+        return timm_pretrained(arch, num_classes)
     if arch not in ("mobilenet_v2", "resnet18", "resnet34"):
         raise ValueError(
-            f"weights: imagenet is available for mobilenet_v2, resnet18 and resnet34, not {arch!r}. MCUNet's "
+            f"weights: imagenet is available for mobilenet_v2, resnet18, resnet34 and timm/<name>, not {arch!r}. "
+            "MCUNet's "
             "published weights use the authors' own module layout, which gradfilt.models.mcunet does not load; "
             "use weights: null (random init) or model.init_from with a checkpoint of your own pretraining"
         )
@@ -106,7 +110,7 @@ class ClassificationModule(pl.LightningModule):
     """A network trained with one method.
 
     Args:
-        arch: a key of gradfilt.models.ARCHS (mobilenet_v2, resnet18, resnet34, mcunet).
+        arch: a key of gradfilt.models.ARCHS (mobilenet_v2, resnet18, resnet34, mcunet) or timm/<name>.
         num_classes: classifier outputs (linked from the data module's dataset).
         image_size: input side (linked from the data module); used to trace the network.
         weights: null (random init) or imagenet (torchvision's weights, needs the network once).

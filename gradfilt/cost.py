@@ -176,12 +176,12 @@ def _check_batch(batch_size: int) -> None:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
 
 
-def _trace(model: nn.Module, h: int, w: int, in_channels: int, with_grad: bool) -> list[LayerCall]:
+def _trace(model: nn.Module, h: int, w: int, in_channels: int) -> list[LayerCall]:
     """Traced Conv2d/Linear calls at batch 1, or a ValueError saying the image is too small."""
     param = next(model.parameters(), None)
     example = torch.zeros(1, in_channels, h, w, device=param.device if param is not None else None)
     try:
-        calls = trace_layers(model, example, with_grad=with_grad)
+        calls = trace_layers(model, example)
     except RuntimeError as err:
         raise ValueError(f"image size {h}x{w} is too small for {type(model).__name__}: {err}") from None
     for call in calls:
@@ -225,7 +225,7 @@ def estimate(
             check_patch_size(r)
     _check_batch(batch_size)
     h, w = _image_size(image_size)
-    calls = _trace(model, h, w, in_channels, with_grad=False)
+    calls = _trace(model, h, w, in_channels)
     layer_names = {c.name for c in calls}
     conv_names = {c.name for c in calls if isinstance(c.module, nn.Conv2d)}
     if per_layer is not None:
@@ -278,7 +278,7 @@ def estimate_configured(
     _check_batch(batch_size)
     h, w = _image_size(image_size)
     layers = []
-    for call in _trace(model, h, w, in_channels, with_grad=True):
+    for call in _trace(model, h, w, in_channels):
         module = call.module
         weight = module.weight.requires_grad
         bias = module.bias is not None and module.bias.requires_grad
@@ -454,7 +454,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model = build_model(args.arch, args.num_classes)
         method = (Vanilla(layers=args.layers) if args.patch_size is None
                   else GradientFilter(layers=args.layers, patch_size=args.patch_size))
-        _trace(model, h, w, 3, with_grad=False)  # a too-small image is a usage error, before the set-up
+        _trace(model, h, w, 3)  # a too-small image is a usage error, before the set-up
         method.apply(model, torch.zeros(1, 3, h, w))
         report = method.cost(model, (h, w), args.batch_size)
     except ValueError as err:

@@ -1,6 +1,10 @@
-"""Network builders by name: torchvision's MobileNetV2 / ResNet-18 / ResNet-34 and MCUNet.
+"""Network builders by name: torchvision's MobileNetV2 / ResNet-18 / ResNet-34, MCUNet, and timm's CNNs.
 
-MCUNet ("mcunet-5fps", ImageNet) is built from the architecture table in shared/PAPER.md:
+``timm/<name>`` builds any model of timm (``pip install gradfilt[timm]``) with random weights,
+e.g. ``timm/mobilenetv3_small_050``, ``timm/efficientnet_lite0``, ``timm/resnet10t``;
+:func:`timm_pretrained` loads timm's published weights through timm's own loader.
+
+MCUNet ("mcunet-5fps", ImageNet) is built from the architecture table in docs/paper.md:
 a 3x3 stride-2 stem, 14 inverted-residual blocks (the first without expansion conv), global
 average pooling and a linear classifier; ReLU6 and BatchNorm after every conv. Builders here
 create random weights; loading pretrained weights belongs to the experiment code.
@@ -13,7 +17,9 @@ from typing import Callable
 from torch import Tensor, nn
 from torchvision import models as tv
 
-__all__ = ["ARCHS", "register_arch", "build_model", "MCUNetBlock", "mcunet"]
+__all__ = ["ARCHS", "TIMM_PREFIX", "register_arch", "build_model", "timm_pretrained", "MCUNetBlock", "mcunet"]
+
+TIMM_PREFIX = "timm/"
 
 ARCHS: dict[str, Callable[[int], nn.Module]] = {}
 
@@ -38,14 +44,51 @@ def build_model(arch: str, num_classes: int) -> nn.Module:
     """A randomly initialized network.
 
     Args:
-        arch: a key of ARCHS.
+        arch: a key of ARCHS, or ``timm/<name>`` for a model of timm.
         num_classes: classifier outputs (>= 1).
     """
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; valid archs: {sorted(ARCHS)}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    if isinstance(arch, str) and arch.startswith(TIMM_PREFIX):
+        return _timm_model(arch, num_classes, pretrained=False)
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; valid archs: {sorted(ARCHS)} or {TIMM_PREFIX}<name> "
+                         f"(any model of timm)")
     return ARCHS[arch](num_classes)
+
+
+def _timm_model(arch: str, num_classes: int, pretrained: bool) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise ValueError(f"arch {arch!r} needs timm: pip install 'gradfilt[timm]'") from None
+    name = arch[len(TIMM_PREFIX):]
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm model {name!r} (arch {arch!r}); list them with timm.list_models('{name[:4]}*')")
+    return timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
+
+
+def timm_pretrained(arch: str, num_classes: int) -> nn.Module:
+    """``timm/<name>`` with timm's published weights (timm's loader and cache; needs the network once).
+
+    Args:
+        arch: ``timm/<name>``.
+        num_classes: classifier outputs; timm re-makes the classifier when they differ from the weights'.
+
+    Raises:
+        RuntimeError saying what failed and where timm caches weights, when they cannot be fetched.
+    """
+    if not arch.startswith(TIMM_PREFIX):
+        raise ValueError(f"timm_pretrained takes timm/<name>, got {arch!r}")
+    try:
+        return _timm_model(arch, num_classes, pretrained=True)
+    except ValueError:
+        raise
+    except Exception as err:  # timm's loaders raise the hub's or the HTTP client's own errors
+        raise RuntimeError(
+            f"could not fetch timm's pretrained weights for {arch} ({type(err).__name__}: {err}). Without network, "
+            f"put them in the Hugging Face cache (HF_HOME) or torch's hub cache, or use random weights"
+        ) from None
 
 
 register_arch("mobilenet_v2")(lambda num_classes: tv.mobilenet_v2(num_classes=num_classes))
@@ -83,7 +126,7 @@ class MCUNetBlock(nn.Module):
         return x + self.conv(x) if self.residual else self.conv(x)
 
 
-# (in, out, kernel, stride, expanded width) per block, from shared/PAPER.md
+# (in, out, kernel, stride, expanded width) per block, from docs/paper.md
 MCUNET_5FPS = [
     (16, 8, 3, 1, 16), (8, 16, 3, 2, 32), (16, 16, 3, 1, 48), (16, 24, 7, 2, 48), (24, 24, 3, 1, 120),
     (24, 40, 3, 2, 120), (40, 40, 7, 1, 160), (40, 48, 5, 1, 160), (48, 48, 3, 1, 144), (48, 48, 3, 1, 192),

@@ -120,7 +120,9 @@ class MethodRunner(Runner):
 
     def wrap_model(self, model_wrapper_cfg, model):
         if self.distributed and model_wrapper_cfg is None and not torch.cuda.is_available():
-            model_wrapper_cfg = dict(type="MMDistributedDataParallel")  # CPU processes: no device_ids
+            model_wrapper_cfg = dict(  # CPU processes: DDP takes no device_ids
+                type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False,
+                find_unused_parameters=self.cfg.get("find_unused_parameters", False))
         return super().wrap_model(model_wrapper_cfg, model)
 
     def build_optim_wrapper(self, optim_wrapper):

@@ -53,15 +53,15 @@ def build_runner(cfg):
     """
     import torch
     import torch.distributed as dist
-    from mmengine.registry import DefaultScope, RUNNERS
+    from mmengine.registry import RUNNERS, init_default_scope
     from mmengine.runner import Runner
 
     if cfg.launcher == "pytorch" and not torch.cuda.is_available() and not dist.is_initialized():
         dist.init_process_group("gloo")  # torchrun's env:// variables
     if "runner_type" not in cfg:
         return Runner.from_cfg(cfg)
-    with DefaultScope.overwrite_default_scope(cfg.get("default_scope", "mmseg")):
-        return RUNNERS.build(cfg)
+    init_default_scope(cfg.get("default_scope", "mmseg"))  # MethodRunner is found in mmseg's registry
+    return RUNNERS.build(cfg)
 
 
 def parse_args(argv: Optional[Sequence[str]], description: str, extra=None) -> argparse.Namespace:

@@ -13,10 +13,10 @@ for model in deeplabv3_r18-d8 upernet_r18; do
   base="${model}_1xb8-300_fmnistseg-64x64"
   "$PY" -m segmentation.train "$C/$base.py" --work-dir "$WORK/$base" "$@"
   dirs+=("$WORK/$base")
-  for strategy in calibration vanilla5l filter5l; do
-    "$PY" -m segmentation.train "$C/${base}_$strategy.py" --work-dir "$WORK/${base}_$strategy" \
+  for method in calibration vanilla5l filter5l; do
+    "$PY" -m segmentation.train "$C/${base}_$method.py" --work-dir "$WORK/${base}_$method" \
       --cfg-options load_from="$WORK/$base/iter_300.pth" "$@"
-    dirs+=("$WORK/${base}_$strategy")
+    dirs+=("$WORK/${base}_$method")
   done
 done
 "$PY" -m segmentation.report "${dirs[@]}" --csv "$WORK/report.csv"

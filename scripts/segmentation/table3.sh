@@ -19,7 +19,7 @@
 #   UPerNet-R18        14.71 | 64.88 47.93 48.83 | 47.04 48.00
 set -euo pipefail
 PY=${PY:-python}
-DATASET=${DATASET:-voc12aug}  # or cityscapes (the same strategies on mmseg's Cityscapes config)
+DATASET=${DATASET:-voc12aug}  # or cityscapes (the same methods on mmseg's Cityscapes config)
 WORK=${WORK:-work_dirs/table3/$DATASET}
 C=configs/segmentation/$DATASET
 case $DATASET in voc12aug) TAG=voc12aug-512x512 ;; cityscapes) TAG=cityscapes-512x1024 ;;
@@ -33,11 +33,11 @@ for model in $MODELS; do
   "$PY" -m segmentation.train "$C/${base}_calibration.py" --work-dir "$WORK/${base}_calibration" ${1:+--cfg-options "$@"}
   dirs+=("$WORK/${base}_calibration")
   calibrated=$(cat "$WORK/${base}_calibration/last_checkpoint")
-  for strategy in "" _vanilla5l _vanilla10l _filter5l _filter10l; do
+  for method in "" _vanilla5l _vanilla10l _filter5l _filter10l; do
     for seed in 233 234 235; do
-      "$PY" -m segmentation.train "$C/${base}${strategy}.py" --work-dir "$WORK/${base}${strategy}_seed$seed" \
+      "$PY" -m segmentation.train "$C/${base}${method}.py" --work-dir "$WORK/${base}${method}_seed$seed" \
         --cfg-options load_from="$calibrated" randomness.seed=$seed "$@"
-      dirs+=("$WORK/${base}${strategy}_seed$seed")
+      dirs+=("$WORK/${base}${method}_seed$seed")
     done
   done
 done

@@ -43,7 +43,7 @@ def test_imagenet_weights_fail_clearly_offline(monkeypatch):
     with pytest.raises(RuntimeError, match=r"could not fetch ImageNet weights for resnet18 from https://.*"
                                            r"\(<urlopen error no network>\). Without network, put the file in"):
         ClassificationModule(arch="resnet18", num_classes=10, image_size=32, weights="imagenet")
-    with pytest.raises(ValueError, match="weights: imagenet is available for mobilenet_v2, resnet18 and resnet34"):
+    with pytest.raises(ValueError, match="weights: imagenet is available for mobilenet_v2, resnet18, resnet34 and timm/<name>"):
         ClassificationModule(arch="mcunet", num_classes=10, image_size=32, weights="imagenet")
 
 
@@ -86,3 +86,9 @@ def test_warmup_then_cosine():
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert f(4) == 1.0 and f(8) == pytest.approx(0.5) and f(12) == pytest.approx(0.0)
     assert _WarmupCosine(0, 10, cosine=False)(7) == 1.0
+
+
+def test_timm_arch_through_the_module():
+    module = ClassificationModule(arch="timm/resnet10t", num_classes=4, image_size=32, method=GradientFilter(2, 2))
+    assert module.method.trained_convs == ["layer4.0.conv1", "layer4.0.conv2"]
+    assert module.cost.backward_flops > 0 and module(torch.randn(2, 3, 32, 32)).shape == (2, 4)

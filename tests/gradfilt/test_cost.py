@@ -1,4 +1,4 @@
-"""The cost model against every published cell of shared/PAPER.md, plus measured memory and the CLI."""
+"""The cost model against every published cell of docs/paper.md, plus measured memory and the CLI."""
 
 import json
 import re
@@ -63,7 +63,7 @@ def test_table11_flops_within_one_percent(models, arch, classes):
 
 
 def test_worked_cell_is_exact(models):
-    # shared/PAPER.md: ResNet-18, CIFAR-10, 1 layer, R7 = 3*512*10 + 512*(49+1) + 512*512*(2*1-1)
+    # docs/paper.md: ResNet-18, CIFAR-10, 1 layer, R7 = 3*512*10 + 512*(49+1) + 512*512*(2*1-1)
     assert estimate(models("resnet18", 10), 224, 1, 7).backward_flops == 303_104
     # CIFAR-100 differs from CIFAR-10 by exactly the classifier's 3*512*90
     for patch_size in (None, 2, 4, 7):

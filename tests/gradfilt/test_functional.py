@@ -13,7 +13,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 # ----------------------------------------------------------------------------------------------
-# Slow reference, written from the equations (shared/PAPER.md "Method" + the rules for
+# Slow reference, written from the equations (docs/paper.md "Method" + the op's documented rules for
 # stride phases and dilation), with explicit loops over pixels and taps. Float64 throughout.
 # ----------------------------------------------------------------------------------------------
 def ref_patch_means(gy, r):

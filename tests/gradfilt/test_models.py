@@ -30,3 +30,46 @@ def test_unknown_arch_and_bad_classes():
         build_model("vgg16", 10)
     with pytest.raises(ValueError, match="num_classes must be an int >= 1"):
         build_model("resnet18", 0)
+
+
+TIMM_ARCHS = ["timm/mobilenetv3_small_050", "timm/efficientnet_lite0", "timm/resnet10t"]
+
+
+@pytest.mark.parametrize("arch", TIMM_ARCHS)
+def test_timm_cnns_take_every_method_and_the_cost_model(arch):
+    from gradfilt import FilteredConv2d, GradientFilter, Vanilla, last_convs
+    from gradfilt.cost import estimate, measure
+
+    x = torch.randn(2, 3, 64, 64)
+    model = build_model(arch, 7)
+    assert model(x).shape == (2, 7)
+    convs = last_convs(model, 2, input_size=(1, 3, 64, 64), main_path=True)
+    method = GradientFilter(layers=2, patch_size=2)
+    method.apply(model, torch.zeros(1, 3, 64, 64))
+    assert method.trained_convs == convs
+    assert sorted(n for n, m in model.named_modules() if isinstance(m, FilteredConv2d)) == sorted(convs)
+    report = method.cost(model, 64)
+    expected = estimate(build_model(arch, 7), 64, 2, 2)  # the cost model on a fresh copy: same set-up, same numbers
+    assert (report.backward_flops, report.activation_bytes) == (expected.backward_flops, expected.activation_bytes)
+    assert [layer.name for layer in report.layers if layer.type == "conv"] == convs
+    assert measure(model.train(), x)["conv"] > 0
+    vanilla = build_model(arch, 7)
+    Vanilla(layers=2).apply(vanilla, torch.zeros(1, 3, 64, 64))
+    assert vanilla.get_submodule(convs[-1]).weight.requires_grad
+
+
+def test_timm_errors_are_clear(monkeypatch):
+    import timm
+
+    from gradfilt.models import timm_pretrained
+
+    with pytest.raises(ValueError, match=r"unknown timm model 'resnet_nope' \(arch 'timm/resnet_nope'\)"):
+        build_model("timm/resnet_nope", 10)
+
+    def offline(name, pretrained=False, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(RuntimeError, match=r"could not fetch timm's pretrained weights for timm/resnet10t "
+                                           r"\(OSError: no network\)"):
+        timm_pretrained("timm/resnet10t", 10)

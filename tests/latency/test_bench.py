@@ -200,3 +200,10 @@ def test_cli_malloc_heap_is_recorded(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "malloc: heap" in run.stderr
     assert [r["malloc"] for r in csv.DictReader(open(tmp_path / "out" / "conv.csv"))] == ["heap"]
+
+
+def test_step_mode_on_a_timm_cnn():
+    methods = [{"type": "vanilla"}, {"type": "gradient_filter", "patch_size": 4}]
+    rows = bench_steps("timm/mobilenetv3_small_050", 2, methods, batch=2, image_size=64, device=torch.device("cpu"),
+                       repeats=1)
+    assert [row["method"] for row in rows] == ["vanilla-2L", "R4-2L"] and all(row["step_ms"] > 0 for row in rows)

@@ -157,3 +157,40 @@ def test_the_method_is_applied_before_the_model_is_wrapped(fmnist_root, tmp_path
     runner = _train(f"{DEEPLAB}_filter5l", fmnist_root, tmp_path, "w", iters=1)
     assert seen["filtered"] == sorted(n for n, m in runner.model.named_modules() if isinstance(m, FilteredConv2d))
     assert len(seen["filtered"]) == 5 and seen["trainable"] == _trainable(runner.model)
+
+
+def test_ddp_two_cpu_processes_through_torchrun(deeplab, fmnist_root):
+    """``torchrun --nproc-per-node 2 ... --launcher pytorch`` without a GPU: gloo, CPU DDP."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    tmp, _, _ = deeplab
+    out = tmp / "ddp_digests"
+    out.mkdir()
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = tmp / "vanilla" / "iter_3.pth"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(port), str(Path(__file__).resolve().parents[1] / "helpers" / "seg_ddp_train.py"),
+           str(out), str(CFG / f"{DEEPLAB}_filter5l.py"), "--work-dir", str(tmp / "ddp"), "--launcher", "pytorch",
+           "--cfg-options", *_options(fmnist_root, tmp / "data", iters=2, load_from=start)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert (out / "rank0_wrapper.txt").read_text() == "MMDistributedDataParallel"
+    assert ranks[0]["params"] == ranks[1]["params"]  # identical across ranks
+    import hashlib
+
+    state = compat.load_local_checkpoint(str(start))["state_dict"]  # where both ranks started
+    begin = {n: hashlib.sha1(t.contiguous().numpy().tobytes()).hexdigest() for n, t in state.items()}
+    trainable = set(ranks[0]["trainable"])
+    assert trainable and all(n.startswith("decode_head.") for n in trainable)
+    for name, digest in ranks[0]["params"].items():
+        if name in trainable and name.endswith("conv.weight"):
+            assert digest != begin[name], name  # trained
+        elif name not in trainable:
+            assert digest == begin[name], name  # frozen: bit-identical
