@@ -64,11 +64,12 @@ class Method:
     def __new__(cls, *args: Any, **kwargs: Any) -> "Method":
         self = super().__new__(cls)
         try:  # remember the constructor arguments, so that config() can rebuild the method anywhere
-            bound = inspect.signature(cls.__init__).bind(self, *args, **kwargs)
+            signature = inspect.signature(cls.__init__)
+            bound = signature.bind(self, *args, **kwargs)
             bound.apply_defaults()
+            variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
             self._init_args = {k: v for k, v in list(bound.arguments.items())[1:]
-                               if inspect.signature(cls.__init__).parameters[k].kind
-                               not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
+                               if signature.parameters[k].kind not in variadic}
         except TypeError:
             self._init_args = {}  # __init__ will raise the real error
         return self

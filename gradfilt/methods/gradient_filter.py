@@ -53,13 +53,15 @@ class GradientFilter(Vanilla):
                              f"got {filter_install!r}")
         self.filter_install = None if filter_install is None else [
             FilterSpec.parse(s if isinstance(s, FilterSpec) else dict(s)) for s in filter_install]
+        self.filtered_convs: list[str] = []  # filled by apply()
 
     def apply(self, model: nn.Module, example_input: Tensor) -> None:
         convs, paths = self.plan(model, example_input)
         specs = self.filter_install or [FilterSpec(name, self.patch_size, "conv") for name in convs]
         swaps = plan_filters(model, specs)
         swap_filters(model, swaps)
-        self._finish(model, list(swaps), paths)
+        self._finish(model, convs, paths)
+        self.filtered_convs = list(swaps)
 
     @property
     def tag(self) -> str:

@@ -67,7 +67,7 @@ class Vanilla(Method):
             self.layers = "all"
         self.freeze = None if freeze is None else list(freeze)
         self.update_frozen_bn_stats = update_frozen_bn_stats
-        self.trained_convs: list[str] = []  # filled by apply()
+        self.trained_convs: list[str] = []  # filled by apply(): the convs whose weights train
 
     # --- selection ----------------------------------------------------------------------------
     def _selection(self, model: nn.Module, example_input: Tensor) -> tuple[list[str], list[str]]:
@@ -95,7 +95,8 @@ class Vanilla(Method):
 
     def _finish(self, model: nn.Module, convs: list[str], paths: list[str]) -> None:
         freeze(model, paths, update_frozen_bn_stats=self.update_frozen_bn_stats)
-        self.trained_convs = convs
+        self.trained_convs = convs or [name for name, m in model.named_modules()
+                                       if isinstance(m, nn.Conv2d) and m.weight.requires_grad]
 
     def apply(self, model: nn.Module, example_input: Tensor) -> None:
         convs, paths = self.plan(model, example_input)

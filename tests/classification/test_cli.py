@@ -1,5 +1,6 @@
 """End-to-end LightningCLI runs on a few hundred real Fashion-MNIST images at 32x32, and CLI errors."""
 
+import json
 import re
 from pathlib import Path
 
@@ -147,3 +148,20 @@ def test_cli_errors(fmnist_root, tmp_path, extra, error, message, capsys):
 def test_missing_data_directory(fmnist_root, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist; set data.data_dir"):
         main(_args(fmnist_root, tmp_path, "--data.data_dir", str(tmp_path / "nowhere")), run=False)
+
+
+def test_cost_takes_the_configs_and_overrides_of_fit(capsys):
+    files = ["base.yaml", "models/resnet34.yaml", "datasets/cifar100.yaml", "schedules/cifar_finetune.yaml",
+             "methods/r2.yaml"]
+    argv = [a for f in files for a in ("--config", str(CFG / f))]
+    assert main(["cost", *argv, "--model.method.layers", "4", "--json"]) is None
+    result = json.loads(capsys.readouterr().out)
+    assert result["method"] == "R2-4L"
+    assert result["backward_flops"] == pytest.approx(64.21e6, rel=0.01)  # Table 11, ResNet-34 CIFAR-100 R2 4L
+    assert result["patch_size"] == {"layer4.1.conv1": 2, "layer4.1.conv2": 2, "layer4.2.conv1": 2,
+                                    "layer4.2.conv2": 2}
+    assert main(["cost", *argv, "--model.method.patch_size", "4", "--json"]) is None  # layers 2 from r2.yaml
+    assert json.loads(capsys.readouterr().out)["method"] == "R4-2L"
+    with pytest.raises(SystemExit):
+        main(["cost", *argv, "--model.method.bogus", "1"])
+    assert "bogus" in capsys.readouterr().err

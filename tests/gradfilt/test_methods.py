@@ -59,8 +59,8 @@ def test_vanilla_all_trains_everything_and_gradient_filter_all_filters_every_con
     assert all(p.requires_grad for p in model.parameters())
     method = GradientFilter(layers="all", patch_size=2)
     method.apply(model, X64)
-    assert sum(isinstance(m, FilteredConv2d) for m in model.modules()) == len(method.trained_convs) == sum(
-        isinstance(m, nn.Conv2d) for m in model.modules())
+    assert sum(isinstance(m, FilteredConv2d) for m in model.modules()) == len(method.filtered_convs) == sum(
+        isinstance(m, nn.Conv2d) for m in model.modules()) == len(method.trained_convs)
 
 
 def test_parameters_are_kept_so_an_earlier_optimizer_trains_them():
@@ -82,7 +82,7 @@ def test_explicit_lists_and_bn_options():
     method.apply(model, X64)
     assert method.tag.startswith("R2-custom-") and method.fields()["layers"] == "custom"
     assert sorted(n for n, m in model.named_modules() if isinstance(m, FilteredConv2d)) == [
-        "layer4.1.conv1", "layer4.1.conv2"]
+        "layer4.1.conv1", "layer4.1.conv2"] == method.filtered_convs == method.trained_convs
     trainable_bn = model.layer4[1].bn1
     assert trainable_bn.weight.requires_grad
     keep_bn_eval(model)

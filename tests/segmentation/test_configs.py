@@ -51,7 +51,7 @@ def test_layer_selections_apply(model, dataset):
         net = _build(cfg)
         method = apply_method(net, cfg)  # what the runner does right after building the model
         assert type(method) is GradientFilter and "-custom-" in method.tag
-        installed = method.trained_convs
+        installed = method.filtered_convs
         assert all(net.get_submodule(n).weight.requires_grad for n in installed)  # filtered layers train
         assert all(isinstance(net.get_submodule(n), FilteredConv2d) for n in installed)
         counts[depth] = len(installed)
@@ -60,3 +60,14 @@ def test_layer_selections_apply(model, dataset):
     assert 0 < counts["5l"] < counts["10l"]
     calib = load_config(str(folder / f"{base}_calibration.py"))
     assert calib.train_cfg.max_iters == (5000 if "m-v2" in model else 1000)
+
+
+def test_parallel_aspp_branches_on_a_frozen_backbone_compute_no_grad_x():
+    cfg = load_config(str(CONFIGS / "voc12aug" / "deeplabv3_r18-d8_1xb8-20k_voc12aug-512x512_filter5l.py"))
+    net = _build(cfg)
+    method = apply_method(net, cfg)
+    layers = {layer.name: layer for layer in method.cost(net, (64, 64)).layers}
+    assert [n for n in layers if n.startswith("decode_head.aspp_modules")] == [
+        f"decode_head.aspp_modules.{i}.conv" for i in range(4)]
+    assert not any(layers[f"decode_head.aspp_modules.{i}.conv"].needs_grad_input for i in range(4))
+    assert layers["decode_head.bottleneck.conv"].needs_grad_input  # it reads the trained branches' outputs
