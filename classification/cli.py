@@ -63,6 +63,25 @@ class ExportBest(Callback):
         print(f"best checkpoint ({ckpt.monitor}={float(ckpt.best_model_score or 0):.4f}): {self.path}")
 
 
+def last_checkpoint(folder: Path) -> Path:
+    """The newest ``last*.ckpt`` of a run folder's versions (``--ckpt_path last``).
+
+    Args:
+        folder: ``<runs_dir>/<table>/<arch>/<dataset>/<method tag or run name>``.
+
+    Raises:
+        FileNotFoundError listing what the folder holds when no version has a last checkpoint.
+    """
+    found = sorted(Path(folder).glob("version_*/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if found:
+        return found[-1]
+    held = sorted(str(p.relative_to(folder)) for p in Path(folder).glob("**/*") if p.is_file()) if Path(
+        folder).is_dir() else []
+    raise FileNotFoundError(
+        f"--ckpt_path last: no last checkpoint (version_*/checkpoints/last*.ckpt) under {folder}; it holds "
+        f"{held or 'nothing'}. Give the checkpoint's path instead, or check --runs_dir / --table / --run_name")
+
+
 def run_dir(runs_dir: str, table: str, arch: str, dataset: str, name: str) -> Path:
     """``<runs_dir>/<table>/<arch>/<dataset>/<name>``, the folder of one method's runs."""
     return Path(runs_dir) / table / arch / dataset / name
@@ -92,9 +111,19 @@ class ClassificationCLI(LightningCLI):
         if trainer_cfg.get("logger") in (None, True):
             kwargs["logger"] = TensorBoardLogger(save_dir=str(folder.parent), name=folder.name,
                                                  default_hp_metric=False)
+        if trainer_cfg.get("default_root_dir") is None:
+            kwargs["default_root_dir"] = str(folder)  # what Lightning writes without a logger stays in the run folder
         trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks.append(ExportBest(str(folder / "best.ckpt")))
+        if not trainer.fast_dev_run:  # a smoke run never replaces the stage's exported checkpoint
+            trainer.callbacks.append(ExportBest(str(folder / "best.ckpt")))
         return trainer
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if kwargs.get("ckpt_path") == "last":
+            kwargs["ckpt_path"] = str(last_checkpoint(self._run_folder()))
+            print(f"resuming from {kwargs['ckpt_path']}")
+        return kwargs
 
 
 def main(args: Optional[Sequence[str]] = None, run: bool = True) -> Optional[ClassificationCLI]:

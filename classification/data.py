@@ -142,7 +142,13 @@ def load_or_create_partitions(path: Path, labels: np.ndarray, num_partitions: in
     """
     expected = fedavg_partitions(labels, num_partitions, seed)
     if path.is_file():
-        loaded = np.load(path, allow_pickle=False)
+        try:
+            loaded = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:  # truncated, garbage or not an .npy file
+            raise ValueError(
+                f"partition file {path} cannot be read as a .npy array ({err}); it is damaged: delete it "
+                "(the next run writes it again from the dataset and the seed) or set data.split_file to another path"
+            ) from None
         if loaded.shape != expected.shape or not np.array_equal(loaded, expected):
             raise ValueError(
                 f"partition file {path} does not match dataset size {len(labels)}, num_partitions "

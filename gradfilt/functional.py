@@ -453,6 +453,14 @@ def _inverse_counts(h: int, w: int, r: int, dtype: torch.dtype, device: torch.de
     return 1.0 / (count_h[:, None] * count_w[None, :]).to(dtype)
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the filtered backward computes in: float32 for half-precision tensors, else their own."""
+    return torch.float32 if dtype in _HALF else dtype
+
+
 class _FilteredConv2dFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups, patch_size, modes):
@@ -466,14 +474,24 @@ class _FilteredConv2dFn(torch.autograd.Function):
         ctx.groups = groups
         ctx.x_shape = x.shape
         ctx.weight_shape = weight.shape
-        x_sum = _input_sums(x, ctx.axes) if ctx.needs_input_grad[1] else None
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        x_sum = None
+        if ctx.needs_input_grad[1]:  # half precision: r x r sums accumulated in float32, kept in x's dtype
+            x_sum = _input_sums(x.to(_compute_dtype(x.dtype)), ctx.axes).to(x.dtype)
         ctx.save_for_backward(x_sum, weight if ctx.needs_input_grad[0] else None)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
-        x_sum, weight = ctx.saved_tensors
+        grads = _FilteredConv2dFn._backward(ctx, grad_y.to(_compute_dtype(grad_y.dtype)))
+        # each gradient in the dtype of what it is the gradient of
+        return tuple(g if g is None or i >= 3 else g.to(ctx.dtypes[i]) for i, g in enumerate(grads))
+
+    @staticmethod
+    def _backward(ctx, grad_y):
+        """The backward in grad_y's dtype (float32 for half-precision runs: the patch-grid GEMMs are small)."""
+        x_sum, weight = (None if t is None else t.to(grad_y.dtype) for t in ctx.saved_tensors)
         ax_h, ax_w = ctx.axes
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         if _collapse_path(ctx.axes):
@@ -544,6 +562,12 @@ def filtered_conv2d(
 ) -> Tensor:
     """``F.conv2d`` whose backward uses the gradient filter with r x r patches.
 
+    Mixed precision: under ``torch.autocast`` the op casts its inputs to the autocast dtype as
+    autocast does for ``F.conv2d`` (the forward runs and x~ is kept in that dtype), and the
+    backward runs in float32 (g_y, x~ and the kernel upcast; the patch-grid GEMMs are small) and
+    returns every gradient in the dtype of its input, so float32 parameters get float32
+    gradients. Half-precision models (no autocast) are handled the same way.
+
     Args:
         input: (N, C_in, H, W).
         weight: (C_out, C_in / groups, kh, kw).
@@ -560,6 +584,15 @@ def filtered_conv2d(
     stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
     padding = padding if isinstance(padding, str) else _pair(padding, "padding")
     modes = axis_modes(stride, dilation, patch_size)
-    if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in (input, weight, bias)):
-        return F.conv2d(input, weight, bias, stride, padding, dilation, groups)  # no backward: keep nothing
+    if (not torch.is_grad_enabled() or input.shape[0] == 0
+            or not any(t is not None and t.requires_grad for t in (input, weight, bias))):
+        # no backward (keep nothing), or an empty batch (the plain conv's zero gradients are exact)
+        return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    device = input.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)  # cast like autocast casts F.conv2d; .to() casts the grads back
+        input, weight = input.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+        with torch.autocast(device, enabled=False):
+            return _FilteredConv2dFn.apply(input, weight, bias, stride, padding, dilation, groups, patch_size, modes)
     return _FilteredConv2dFn.apply(input, weight, bias, stride, padding, dilation, groups, patch_size, modes)

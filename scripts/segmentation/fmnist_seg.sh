@@ -13,9 +13,10 @@ for model in deeplabv3_r18-d8 upernet_r18; do
   base="${model}_1xb8-300_fmnistseg-64x64"
   "$PY" -m segmentation.train "$C/$base.py" --work-dir "$WORK/$base" "$@"
   dirs+=("$WORK/$base")
+  start=$(cat "$WORK/$base/last_checkpoint")  # mmengine's pointer to the run's last checkpoint, whatever max_iters
   for method in calibration vanilla5l filter5l; do
     "$PY" -m segmentation.train "$C/${base}_$method.py" --work-dir "$WORK/${base}_$method" \
-      --cfg-options load_from="$WORK/$base/iter_300.pth" "$@"
+      --cfg-options load_from="$start" "$@"
     dirs+=("$WORK/${base}_$method")
   done
 done

@@ -165,3 +165,42 @@ def test_cost_takes_the_configs_and_overrides_of_fit(capsys):
     with pytest.raises(SystemExit):
         main(["cost", *argv, "--model.method.bogus", "1"])
     assert "bogus" in capsys.readouterr().err
+
+
+def test_bf16_mixed_precision_fit_with_filters(runs, fmnist_root):
+    tmp, clis = runs
+    cli = main(["fit", *_finetune(fmnist_root, tmp, "r2", "--trainer.precision", "bf16-mixed",
+                                  "--run_name", "r2-bf16")])
+    model = cli.model.model
+    assert cli.trainer.global_step == clis["r2"].trainer.global_step
+    conv = model.get_submodule("layer4.1.conv2")
+    assert type(conv) is FilteredConv2d and conv.weight.dtype == torch.float32
+    start = clis["vanilla"].model.model  # same pretrained start, frozen layers untouched by both
+    assert not torch.equal(conv.weight, start.get_submodule("layer4.1.conv2").weight)
+    assert torch.isfinite(conv.weight).all()
+    assert torch.equal(model.layer1[0].conv1.weight, start.layer1[0].conv1.weight)
+
+
+def test_ckpt_path_last_resumes_the_newest_last_checkpoint_or_says_what_exists(runs, fmnist_root):
+    tmp, clis = runs
+    args = _finetune(fmnist_root, tmp, "r2", "--run_name", "r2-resume")
+    first = main(["fit", *args])
+    resumed = main(["fit", *args, "--ckpt_path", "last", "--trainer.max_epochs", "2"])
+    last = tmp / "runs" / "t" / "resnet18" / "fmnist" / "r2-resume" / "version_0" / "checkpoints" / "last.ckpt"
+    assert resumed.trainer.ckpt_path == str(last)  # restored from the first fit, not trained from scratch
+    assert resumed.trainer.current_epoch == 2 and resumed.trainer.global_step == 2 * first.trainer.global_step
+    fresh = _finetune(fmnist_root, tmp, "r2", "--run_name", "never-ran")
+    with pytest.raises(FileNotFoundError, match=r"--ckpt_path last: no last checkpoint .* it holds nothing"):
+        main(["fit", *fresh, "--ckpt_path", "last"])
+    assert not (tmp / "runs" / "t" / "resnet18" / "fmnist" / "never-ran").exists()  # nothing half-made
+
+
+def test_fast_dev_run_keeps_the_exported_checkpoint_and_the_working_directory(runs, fmnist_root, monkeypatch,
+                                                                             tmp_path):
+    tmp, _ = runs
+    best = tmp / "runs" / "t" / "resnet18" / "fmnist" / "R2-2L" / "best.ckpt"
+    before = best.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    main(["fit", *_finetune(fmnist_root, tmp, "r2"), "--trainer.fast_dev_run", "true"])
+    assert best.read_bytes() == before
+    assert list(tmp_path.iterdir()) == []  # nothing written into the working directory

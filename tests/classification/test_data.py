@@ -1,5 +1,7 @@
 """Partitions and the data module, on generated labels and on the real Fashion-MNIST files."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -91,3 +93,15 @@ def test_data_errors(fmnist_root, tmp_path):
     with pytest.raises(FileNotFoundError, match="dataset 'cifar10' not found under"):
         ClassificationData(dataset="cifar10", data_dir=str(tmp_path)).prepare_data()
     assert DATASETS["cifar100"].num_classes == 100
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_damaged_partition_file_names_itself_and_the_remedy(tmp_path, damage):
+    labels = np.repeat(np.arange(4), 10)
+    path = tmp_path / "split.npy"
+    load_or_create_partitions(path, labels, 2, 0)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"not a numpy file at all" * 4)
+    with pytest.raises(ValueError, match=rf"partition file {re.escape(str(path))} cannot be read as a \.npy array "
+                                         r".*delete it \(the next run writes it again"):
+        load_or_create_partitions(path, labels, 2, 0)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.graph import saved_tensors_hooks
 
-from gradfilt import filtered_conv2d, patch_mean, patch_sum
+from gradfilt import FilteredConv2d, filtered_conv2d, patch_mean, patch_sum
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -333,3 +333,61 @@ def test_bad_geometry_errors(kwargs, message):
     x, w = torch.randn(1, 2, 12, 12), torch.randn(2, 2, 3, 3)
     with pytest.raises(ValueError, match=message):
         filtered_conv2d(x, w, **kwargs)
+
+
+def _grads(conv, x):
+    x = x.clone().requires_grad_(True)
+    y = conv(x)
+    (y.float() * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+    out = (x.grad, conv.weight.grad, conv.bias.grad)
+    conv.zero_grad()
+    return y, out
+
+
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=3, padding=1), dict(kernel_size=3, padding=1, stride=2),
+                                    dict(kernel_size=3, padding=1, groups=8), dict(kernel_size=3, padding=2,
+                                                                                   dilation=2)])
+def test_bf16_autocast_forward_float32_backward(kwargs):
+    """The AMP pattern: forward under autocast, backward outside; float32 parameters get float32 gradients."""
+    torch.manual_seed(0)
+    conv = FilteredConv2d(8, 16, patch_size=2, **kwargs)
+    x = torch.randn(2, 8, 12, 12)
+    _, exact = _grads(conv, x)
+    x_amp = x.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x_amp)
+    assert y.dtype == torch.bfloat16  # like nn.Conv2d under autocast
+    (y.float() * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+    for got, want in zip((x_amp.grad, conv.weight.grad, conv.bias.grad), exact):
+        assert got.dtype == torch.float32
+        assert torch.linalg.vector_norm(got - want) <= 2e-2 * torch.linalg.vector_norm(want)
+
+
+def test_autocast_keeps_x_sums_in_the_autocast_dtype():
+    conv = FilteredConv2d(8, 8, 3, padding=1, patch_size=2)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            conv(torch.randn(2, 8, 8, 8))
+    sums = [t for t in saved if t.shape == (8, 2, 4, 4)]  # x~, channel-major
+    assert len(sums) == 1 and sums[0].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models(dtype):
+    torch.manual_seed(0)
+    conv = FilteredConv2d(8, 16, 3, padding=1, patch_size=4)
+    x = torch.randn(2, 8, 16, 16)
+    _, exact = _grads(conv, x)
+    y, half = _grads(conv.to(dtype), x.to(dtype))
+    assert y.dtype == dtype
+    for got, want in zip(half, exact):
+        assert got.dtype == dtype
+        assert torch.linalg.vector_norm(got.float() - want) <= 2e-2 * torch.linalg.vector_norm(want)
+
+
+def test_empty_batch_gives_zero_gradients():
+    conv = FilteredConv2d(4, 4, 3, padding=1, patch_size=2)
+    x = torch.randn(0, 4, 8, 8, requires_grad=True)
+    conv(x).sum().backward()
+    assert x.grad.shape == x.shape and torch.equal(conv.weight.grad, torch.zeros_like(conv.weight))

@@ -194,3 +194,20 @@ def test_ddp_two_cpu_processes_through_torchrun(deeplab, fmnist_root):
             assert digest != begin[name], name  # trained
         elif name not in trainable:
             assert digest == begin[name], name  # frozen: bit-identical
+
+
+def test_fmnist_seg_script_runs_shortened(fmnist_root, tmp_path):
+    """The launcher's stages start from the base run's last checkpoint, whatever --cfg-options max_iters says."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PY": sys.executable, "WORK": str(tmp_path / "work")}
+    done = subprocess.run(["bash", "scripts/segmentation/fmnist_seg.sh", "--cfg-options",
+                           *_options(fmnist_root, tmp_path / "data", iters=2)],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("| deeplabv3_r18-d8_1xb8-300_fmnistseg-64x64") == 4
+    assert (tmp_path / "work" / "report.csv").is_file()
+    assert not list((tmp_path / "work").rglob("iter_300.pth"))
