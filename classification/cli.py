@@ -36,8 +36,24 @@ from .module import ClassificationModule, method_of
 __all__ = ["ClassificationCLI", "ExportBest", "main", "run_dir", "resolve_config", "configured_model", "cost_main"]
 
 
+_VERSION_ENV = "GRADFILT_RUN_VERSION"
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix + ".part")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class ExportBest(Callback):
-    """Copy the best checkpoint of a fit to a fixed path (atomically) when the fit ends.
+    """Copy the best checkpoint of a fit to a fixed path (atomically) when the fit ends, and say in
+    ``best.json`` beside it which version it came from; parts of an interrupted export are removed
+    when the next fit of the folder starts.
 
     Args:
         path: destination, e.g. runs/<table>/<arch>/<dataset>/pretrain/best.ckpt.
@@ -45,6 +61,11 @@ class ExportBest(Callback):
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and self.path.parent.is_dir():  # parts an interrupted export left behind
+            for part in self.path.parent.glob("*.part"):
+                part.unlink(missing_ok=True)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         ckpt = trainer.checkpoint_callback
@@ -54,9 +75,12 @@ class ExportBest(Callback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".ckpt.part")
         os.close(fd)
+        source = {"version": Path(best).parent.parent.name, "checkpoint": str(best), "monitor": ckpt.monitor,
+                  "score": float(ckpt.best_model_score or 0)}
         try:
             shutil.copyfile(best, tmp)
-            os.replace(tmp, self.path)
+            os.replace(tmp, self.path)  # the checkpoint first: best.json never names a fit best.ckpt is not from
+            _write_atomically(self.path.with_suffix(".json"), json.dumps(source))
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -105,11 +129,15 @@ class ClassificationCLI(LightningCLI):
         name = cfg.run_name or method_of(method).tag
         return run_dir(cfg.runs_dir, cfg.table, m.arch, cfg.data.dataset, name)
 
+    _reserved: Optional[Path] = None
+
     def instantiate_trainer(self, **kwargs) -> pl.Trainer:
         folder = self._run_folder()
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         if trainer_cfg.get("logger") in (None, True):
-            kwargs["logger"] = TensorBoardLogger(save_dir=str(folder.parent), name=folder.name,
+            running = self.subcommand is not None and not trainer_cfg.get("fast_dev_run")
+            version = self._reserve_version(folder) if running else None
+            kwargs["logger"] = TensorBoardLogger(save_dir=str(folder.parent), name=folder.name, version=version,
                                                  default_hp_metric=False)
         if trainer_cfg.get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(folder)  # what Lightning writes without a logger stays in the run folder
@@ -118,11 +146,60 @@ class ClassificationCLI(LightningCLI):
             trainer.callbacks.append(ExportBest(str(folder / "best.ckpt")))
         return trainer
 
+    def _reserve_version(self, folder: Path) -> Optional[int]:
+        """Create ``version_N`` (the first free N) atomically, so runs started together never share one.
+
+        Processes a distributed launch starts later inherit the number (``GRADFILT_RUN_VERSION``); other
+        ranks of an external launch (torchrun) leave the choice to Lightning.
+        """
+        if _VERSION_ENV in os.environ:
+            return int(os.environ[_VERSION_ENV])
+        if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        n = 0
+        while True:
+            try:
+                (folder / f"version_{n}").mkdir()
+                break
+            except FileExistsError:
+                n += 1
+        self._reserved = folder / f"version_{n}"
+        os.environ[_VERSION_ENV] = str(n)
+        return n
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            self._remove_unused_version()
+            raise
+        finally:
+            os.environ.pop(_VERSION_ENV, None)
+
+    def _remove_unused_version(self) -> None:
+        """A run that failed before saving any checkpoint leaves no version folder (nor an empty run folder)."""
+        version = self._reserved
+        if version is None or not version.is_dir() or any(version.glob("checkpoints/*.ckpt")):
+            return
+        shutil.rmtree(version)
+        if not any(version.parent.iterdir()):
+            version.parent.rmdir()
+
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
-        if kwargs.get("ckpt_path") == "last":
+        ckpt = kwargs.get("ckpt_path")
+        if ckpt == "last":
             kwargs["ckpt_path"] = str(last_checkpoint(self._run_folder()))
             print(f"resuming from {kwargs['ckpt_path']}")
+        elif ckpt and (Path(ckpt).parent / "best.json").is_file():
+            # an exported best.ckpt: load (and record in config.yaml) the fit's own checkpoint it was copied
+            # from, so the report knows which model an evaluation belongs to even after a later fit
+            source = Path(json.loads((Path(ckpt).parent / "best.json").read_text())["checkpoint"])
+            if Path(ckpt).name == "best.ckpt" and source.is_file():
+                kwargs["ckpt_path"] = str(source)
+                self.config[subcommand]["ckpt_path"] = str(source)
+                print(f"{ckpt} is {source}")
         return kwargs
 
 

@@ -4,7 +4,7 @@ Reads the TensorBoard event files and resolved ``config.yaml`` of every run unde
 folders and prints the paper-style table (method, #layers, patch size, best validation
 accuracy, test accuracy when a test ran, backward FLOPs and activation memory from the cost
 model) as Markdown; writes it as CSV, and plots accuracy against backward FLOPs (log scale)
-like the paper's Figure 4. The versions of a run folder (a fit, a later test) form one row.
+like the paper's Figure 4. A row is one model: a fit and the evaluations of its checkpoints.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from .module import method_of
 
 __all__ = ["collect", "markdown", "write_csv", "plot", "main"]
 
-COLUMNS = ["table", "model", "dataset", "method", "layers", "patch_size", "val_acc", "test_acc",
+COLUMNS = ["table", "model", "dataset", "method", "layers", "patch_size", "val_acc", "test_acc", "test_ckpt",
            "backward_flops", "activation_bytes", "run"]
 
 
@@ -39,47 +39,77 @@ def _version(path: Path) -> int:
     return int(match.group(1)) if match else -1
 
 
-def collect(roots: Sequence[Path], all_versions: bool = False) -> list[dict]:
-    """One row per run folder (runs/<table>/<arch>/<dataset>/<method tag or run name>).
+def _attached_fit(ckpt_path: Optional[str], fits: list[Path]) -> Optional[Path]:
+    """The fit version whose model an evaluation (validate / test) loaded, if it is in this folder."""
+    if not ckpt_path:
+        return None
+    ckpt = Path(ckpt_path).resolve()
+    return next((fit for fit in fits if fit.resolve() in ckpt.parents), None)
 
-    A run folder holds ``version_N`` subfolders (config.yaml + TensorBoard events): a fit and,
-    e.g., a later ``test``. Each scalar is taken from the newest version that logged it.
+
+def collect(roots: Sequence[Path], all_versions: bool = False) -> list[dict]:
+    """One row per model: the newest fit of each run folder (runs/<table>/<arch>/<dataset>/<method tag or
+    run name>), with the test accuracy of the evaluations that loaded that fit's checkpoints.
+
+    A run folder holds ``version_N`` subfolders (config.yaml + TensorBoard events): fits (they log
+    Train/ scalars) and evaluations (``validate`` / ``test``). An evaluation belongs to the fit whose
+    checkpoint it loaded (a path under that fit's version folder; ``python -m classification``
+    records a ``best.ckpt`` it was given as the checkpoint that file was copied from);
+    ``test_ckpt`` names that checkpoint. An evaluation of
+    anything else (no checkpoint, another folder's) is a row of its own. A test of an older fit
+    never lands in a newer fit's row.
 
     Args:
         roots: folders searched recursively.
-        all_versions: one row per version_N instead of one per run folder.
+        all_versions: one row per fit (every version_N), not only the newest of each folder.
     """
     versions = sorted({cfg.parent for root in roots for cfg in Path(root).rglob("config.yaml")
                        if any(cfg.parent.glob("events.out.tfevents.*"))}, key=lambda p: (p.parent, _version(p)))
-    groups: dict[Path, list[Path]] = {}
+    folders: dict[Path, list[Path]] = {}
     for v in versions:
-        groups.setdefault(v if all_versions else v.parent, []).append(v)
+        folders.setdefault(v.parent, []).append(v)
     rows = []
-    for key, members in groups.items():
-        scalars: dict[str, list[float]] = {}
-        for v in members:  # oldest first: newer versions overwrite
-            scalars.update(_scalars(v))
-        cfg = yaml.safe_load((members[-1] / "config.yaml").read_text())
-        model, data = cfg["model"], cfg["data"]
-
-        fields = method_of(model.get("method")).fields()
-
-        def best(tag: str) -> Optional[float]:
-            return max(scalars[tag]) if scalars.get(tag) else None
-
-        rows.append({
-            "table": cfg.get("table"),
-            "model": model["arch"],
-            "dataset": data["dataset"],
-            **fields,
-            "method": cfg.get("run_name") or fields["method"],
-            "val_acc": best("Val/Acc"),
-            "test_acc": scalars["Test/Acc"][-1] if scalars.get("Test/Acc") else None,
-            "backward_flops": best("Cost/BackwardFLOPs"),
-            "activation_bytes": best("Cost/ActivationBytes"),
-            "run": str(key),
-        })
+    for members in folders.values():
+        scalars = {v: _scalars(v) for v in members}
+        configs = {v: yaml.safe_load((v / "config.yaml").read_text()) for v in members}
+        fits = [v for v in members if any(tag.startswith("Train/") for tag in scalars[v])]
+        groups: dict[Path, list[Path]] = {fit: [] for fit in fits}
+        for v in members:
+            if v not in groups:
+                owner = _attached_fit(configs[v].get("ckpt_path"), fits)
+                groups.setdefault(owner if owner is not None else v, []).append(v)
+        keep = fits if all_versions else fits[-1:]
+        for key, evals in groups.items():
+            if key in fits and key not in keep:
+                continue
+            rows.append(_row(key, evals, scalars, configs))
     return sorted(rows, key=_order)
+
+
+def _row(key: Path, evals: list[Path], scalars: dict, configs: dict) -> dict:
+    """One model's row: the scalars of ``key`` (a fit, or an evaluation standing alone), tests from ``evals``."""
+    own = scalars[key]
+    cfg = configs[key]
+    model, data = cfg["model"], cfg["data"]
+    fields = method_of(model.get("method")).fields()
+    tests = [(v, scalars[v]["Test/Acc"][-1]) for v in [key, *evals] if scalars[v].get("Test/Acc")]
+
+    def best(tag: str) -> Optional[float]:
+        return max(own[tag]) if own.get(tag) else None
+
+    return {
+        "table": cfg.get("table"),
+        "model": model["arch"],
+        "dataset": data["dataset"],
+        **fields,
+        "method": cfg.get("run_name") or fields["method"],
+        "val_acc": best("Val/Acc"),
+        "test_acc": tests[-1][1] if tests else None,
+        "test_ckpt": configs[tests[-1][0]].get("ckpt_path") if tests else None,
+        "backward_flops": best("Cost/BackwardFLOPs"),
+        "activation_bytes": best("Cost/ActivationBytes"),
+        "run": str(key),
+    }
 
 
 def _order(row: dict) -> tuple:
@@ -104,6 +134,9 @@ def markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['model']} | {r['dataset']} | {r['method']} | {r['layers']} | "
                      f"{r['patch_size'] if r['patch_size'] is not None else '-'} | {_pct(r['val_acc'])} | "
                      f"{_pct(r['test_acc'])} | {flops} | {mem} |")
+    tested = [r for r in rows if r["test_ckpt"]]
+    if tested:
+        lines += ["", "test acc % is of: " + "; ".join(f"{r['method']} {r['test_ckpt']}" for r in tested)]
     return "\n".join(lines)
 
 
@@ -150,7 +183,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("roots", nargs="+", type=Path, help="run folders, e.g. runs/table11")
     parser.add_argument("--csv", type=Path, default=None, help="default: <first root>/report.csv")
     parser.add_argument("--png", type=Path, default=None, help="default: <first root>/report.png")
-    parser.add_argument("--all-versions", action="store_true", help="one row per version_N")
+    parser.add_argument("--all-versions", action="store_true", help="one row per fit, not only the newest per folder")
     args = parser.parse_args(argv)
     missing = [str(r) for r in args.roots if not r.is_dir()]
     if missing:

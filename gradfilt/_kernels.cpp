@@ -2,10 +2,9 @@
 //
 // The filtered backward (gradfilt/functional.py) touches full-size maps twice and does
 // everything else on the r x r patch grid: it reads g_y once into patch sums, and writes
-// grad_x once by giving every pixel its patch's value. torch's strided element-wise kernels
-// run those two passes 3-7x slower than these loops on short rows; on 14 x 14 to 56 x 56 maps
-// these loops still take 1.4-4x as long as torch's own sum / fill over the same bytes (their
-// per-row work, not bandwidth: latency/README.md). gradfilt/_native.py checks every argument
+// grad_x once by giving every pixel its patch's value. On the short rows of small maps torch's
+// strided element-wise kernels do those passes with more per-element overhead than these
+// loops (`python -m latency --mode parts` times each pass). gradfilt/_native.py checks every argument
 // (shapes, strides, dtypes, index ranges) and falls back to the pure-PyTorch versions when
 // this module is not built. The module uses the Python C API only (no torch headers); OpenMP
 // resolves to the libgomp torch has already loaded, and the thread count is passed in from
@@ -140,8 +139,7 @@ void clipped_plane(const T* __restrict plane, T* __restrict out, T* __restrict a
 
 // A plane tiled by whole 2 x 2 patches (H and W even): every patch's four reads unrolled, in
 // the same order as anchored_plane (rows first, then the pair), so both give the same bits.
-// Measured faster than anchored_plane's per-row loops for r = 2 (7-34% on 14 x 14 to 56 x 56
-// maps, no difference on larger ones); the same unrolling for r = 4 was slower on 28 x 28.
+// Used for r = 2 only, where unrolling beat the per-row loops in benchmarks (for r = 4 it did not).
 template <typename T>
 void pairs_plane(const T* __restrict plane, T* __restrict out, const PatchSumArgs& a) {
   for (Index ph = 0; ph < a.n_ph; ++ph) {
@@ -158,10 +156,8 @@ void pairs_plane(const T* __restrict plane, T* __restrict out, const PatchSumArg
 // when the CPU has AVX-512F and the caller allows it (the tests compare both paths bit for
 // bit): per patch row, 16-lane column sums of its rows (masked loads; lanes past the row read
 // zeros), then neighbouring lanes summed in pairs and pairs of pairs, 32 columns per step.
-// The additions run in anchored_plane's order, so both paths give the same bits. Measured
-// (interleaved A/B in one process, 14 x 14 to 56 x 56 maps at batch 32): 22-43% less time
-// than anchored_plane for r = 4. The same code for r = 2 was slower than pairs_plane on 14 x 14
-// maps, and an AVX-512 spread mostly 5-8% faster than the loops below; neither is kept.
+// The additions run in anchored_plane's order, so both paths give the same bits. Used for r = 4,
+// where it beat anchored_plane in A/B benchmarks; for r = 2 pairs_plane stays faster.
 #define GRADFILT_AVX512_FN __attribute__((target("avx512f")))
 
 // The first n of 16 lanes (none when n <= 0).
@@ -277,8 +273,7 @@ struct SpreadArgs {
 // Rows with the same source row (the r rows of a patch; with a stride s, every s-th of them)
 // copy a row written before instead of widening again: same_as[h] is that row, or -1. It is
 // the first widened row of the run, never a copy: a memcpy reading the row the previous
-// memcpy just wrote waits for those stores (measured: r = 4 spreads of 14 x 14 and 28 x 28
-// maps 1.2-1.6x faster than copying from the row directly above).
+// memcpy just wrote would wait for those stores.
 constexpr Index kLookBack = 16;
 
 template <typename T, int R, bool UNIT>

@@ -204,3 +204,49 @@ def test_fast_dev_run_keeps_the_exported_checkpoint_and_the_working_directory(ru
     main(["fit", *_finetune(fmnist_root, tmp, "r2"), "--trainer.fast_dev_run", "true"])
     assert best.read_bytes() == before
     assert list(tmp_path.iterdir()) == []  # nothing written into the working directory
+
+
+def test_a_report_row_is_one_model(runs, fmnist_root):
+    """A test of an older fit never lands in the row of a newer fit of the same run folder."""
+    tmp, _ = runs
+    args = _finetune(fmnist_root, tmp, "r2", "--run_name", "r2-rows")
+    folder = tmp / "runs" / "t" / "resnet18" / "fmnist" / "r2-rows"
+    main(["fit", *args])
+    assert json.loads((folder / "best.json").read_text())["version"] == "version_0"
+    main(["test", *args, "--ckpt_path", str(folder / "best.ckpt")])
+    row = {r["method"]: r for r in collect([tmp / "runs" / "t"])}["r2-rows"]
+    source = json.loads((folder / "best.json").read_text())["checkpoint"]
+    assert row["test_acc"] is not None and row["test_ckpt"] == source and "version_0/checkpoints" in source
+    assert row["run"] == str(folder / "version_0")
+    main(["fit", *args, "--model.lr", "0.01"])  # a new model in the same folder
+    rows = [r for r in collect([tmp / "runs" / "t"], all_versions=True) if r["method"] == "r2-rows"]
+    assert [(Path(r["run"]).name, r["test_acc"] is not None) for r in rows] == [("version_0", True),
+                                                                               ("version_2", False)]
+    newest = {r["method"]: r for r in collect([tmp / "runs" / "t"])}["r2-rows"]
+    assert newest["run"] == str(folder / "version_2") and newest["test_acc"] is None
+    (folder / "best.ckpt.part").write_bytes(b"half")  # an export that was killed midway
+    main(["fit", *args])
+    assert not list(folder.glob("*.part"))
+
+
+def test_fits_started_together_get_their_own_versions_and_a_failed_start_leaves_none(runs, fmnist_root):
+    import os
+    import subprocess
+    import sys
+
+    tmp, _ = runs
+    args = _finetune(fmnist_root, tmp, "r2", "--run_name", "r2-together")
+    folder = tmp / "runs" / "t" / "resnet18" / "fmnist" / "r2-together"
+    procs = [subprocess.Popen([sys.executable, "-m", "classification", "fit", *args], cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for proc in procs:
+        assert proc.wait(timeout=600) == 0, proc.stderr.read()[-2000:]
+    versions = sorted(p.name for p in folder.glob("version_*"))
+    assert versions == ["version_0", "version_1"]
+    for v in versions:  # each fit wrote its own events and checkpoints into its own folder
+        assert len(list((folder / v).glob("events.out.tfevents.*"))) == 1
+        assert (folder / v / "checkpoints" / "last.ckpt").is_file()
+    with pytest.raises(FileNotFoundError):
+        main(["fit", *args, "--ckpt_path", str(tmp / "missing.ckpt")])  # a failed resume
+    assert sorted(p.name for p in folder.glob("version_*")) == versions  # no half-made version_2
+    assert os.environ.get("GRADFILT_RUN_VERSION") is None
