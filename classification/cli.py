@@ -192,11 +192,11 @@ class ClassificationCLI(LightningCLI):
         if ckpt == "last":
             kwargs["ckpt_path"] = str(last_checkpoint(self._run_folder()))
             print(f"resuming from {kwargs['ckpt_path']}")
-        elif ckpt and (Path(ckpt).parent / "best.json").is_file():
+        elif ckpt and Path(ckpt).name == "best.ckpt" and Path(ckpt).with_suffix(".json").is_file():
             # an exported best.ckpt: load (and record in config.yaml) the fit's own checkpoint it was copied
             # from, so the report knows which model an evaluation belongs to even after a later fit
-            source = Path(json.loads((Path(ckpt).parent / "best.json").read_text())["checkpoint"])
-            if Path(ckpt).name == "best.ckpt" and source.is_file():
+            source = Path(json.loads(Path(ckpt).with_suffix(".json").read_text())["checkpoint"])
+            if source.is_file():
                 kwargs["ckpt_path"] = str(source)
                 self.config[subcommand]["ckpt_path"] = str(source)
                 print(f"{ckpt} is {source}")

@@ -41,12 +41,8 @@ LAYER_LIST_KEYS = ("layers", "freeze", "filter_install")
 
 
 def _plain(value: Any) -> Any:
-    """mmengine ConfigDict / lists as plain dicts and lists."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+    """An mmengine ConfigDict as a plain dict (nested ones too)."""
+    return value.to_dict() if hasattr(value, "to_dict") else value
 
 
 def configured_method(cfg) -> Optional[Method]:
