@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -32,6 +31,8 @@ from gradfilt.cost import measure, print_report
 
 from .data import ClassificationData, num_classes_of
 from .module import ClassificationModule, method_of
+from .rundir import (AtomicCheckpointIO, last_checkpoint, release_version, reserve_version, run_dir,
+                     sweep, write_atomically)
 
 __all__ = ["ClassificationCLI", "ExportBest", "main", "run_dir", "resolve_config", "configured_model", "cost_main"]
 
@@ -39,21 +40,11 @@ __all__ = ["ClassificationCLI", "ExportBest", "main", "run_dir", "resolve_config
 _VERSION_ENV = "GRADFILT_RUN_VERSION"
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix + ".part")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class ExportBest(Callback):
     """Copy the best checkpoint of a fit to a fixed path (atomically) when the fit ends, and say in
-    ``best.json`` beside it which version it came from; parts of an interrupted export are removed
-    when the next fit of the folder starts.
+    ``best.json`` beside it which version it came from. A kill leaves the previous export or the new
+    one; the part file it may leave is removed when the next run of the folder starts
+    (:func:`classification.rundir.sweep`).
 
     Args:
         path: destination, e.g. runs/<table>/<arch>/<dataset>/pretrain/best.ckpt.
@@ -62,53 +53,23 @@ class ExportBest(Callback):
     def __init__(self, path: str) -> None:
         self.path = Path(path)
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero and self.path.parent.is_dir():  # parts an interrupted export left behind
-            for part in self.path.parent.glob("*.part"):
-                part.unlink(missing_ok=True)
-
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         ckpt = trainer.checkpoint_callback
         best = getattr(ckpt, "best_model_path", "") or getattr(ckpt, "last_model_path", "")
         if not best or not trainer.is_global_zero:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".ckpt.part")
-        os.close(fd)
-        source = {"version": Path(best).parent.parent.name, "checkpoint": str(best), "monitor": ckpt.monitor,
+        version = Path(best).parent.parent.name
+        source = {"version": version, "checkpoint": str(best), "monitor": ckpt.monitor,
                   "score": float(ckpt.best_model_score or 0)}
-        try:
-            shutil.copyfile(best, tmp)
-            os.replace(tmp, self.path)  # the checkpoint first: best.json never names a fit best.ckpt is not from
-            _write_atomically(self.path.with_suffix(".json"), json.dumps(source))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # the checkpoint first: best.json never names a fit best.ckpt is not from
+        with open(best, "rb") as src:
+            write_atomically(self.path, lambda f: shutil.copyfileobj(src, f),
+                             part=self.path.with_name(f"{self.path.name}.{version}.part"))
+        json_path = self.path.with_suffix(".json")
+        write_atomically(json_path, lambda f: f.write(json.dumps(source).encode()),
+                         part=json_path.with_name(f"{json_path.name}.{version}.part"))
         print(f"best checkpoint ({ckpt.monitor}={float(ckpt.best_model_score or 0):.4f}): {self.path}")
-
-
-def last_checkpoint(folder: Path) -> Path:
-    """The newest ``last*.ckpt`` of a run folder's versions (``--ckpt_path last``).
-
-    Args:
-        folder: ``<runs_dir>/<table>/<arch>/<dataset>/<method tag or run name>``.
-
-    Raises:
-        FileNotFoundError listing what the folder holds when no version has a last checkpoint.
-    """
-    found = sorted(Path(folder).glob("version_*/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if found:
-        return found[-1]
-    held = sorted(str(p.relative_to(folder)) for p in Path(folder).glob("**/*") if p.is_file()) if Path(
-        folder).is_dir() else []
-    raise FileNotFoundError(
-        f"--ckpt_path last: no last checkpoint (version_*/checkpoints/last*.ckpt) under {folder}; it holds "
-        f"{held or 'nothing'}. Give the checkpoint's path instead, or check --runs_dir / --table / --run_name")
-
-
-def run_dir(runs_dir: str, table: str, arch: str, dataset: str, name: str) -> Path:
-    """``<runs_dir>/<table>/<arch>/<dataset>/<name>``, the folder of one method's runs."""
-    return Path(runs_dir) / table / arch / dataset / name
 
 
 class ClassificationCLI(LightningCLI):
@@ -130,6 +91,7 @@ class ClassificationCLI(LightningCLI):
         return run_dir(cfg.runs_dir, cfg.table, m.arch, cfg.data.dataset, name)
 
     _reserved: Optional[Path] = None
+    _lock: Optional[int] = None
 
     def instantiate_trainer(self, **kwargs) -> pl.Trainer:
         folder = self._run_folder()
@@ -141,13 +103,16 @@ class ClassificationCLI(LightningCLI):
                                                  default_hp_metric=False)
         if trainer_cfg.get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(folder)  # what Lightning writes without a logger stays in the run folder
+        if not trainer_cfg.get("plugins"):
+            kwargs["plugins"] = [AtomicCheckpointIO()]  # no torn checkpoint after a kill
         trainer = super().instantiate_trainer(**kwargs)
         if not trainer.fast_dev_run:  # a smoke run never replaces the stage's exported checkpoint
             trainer.callbacks.append(ExportBest(str(folder / "best.ckpt")))
         return trainer
 
     def _reserve_version(self, folder: Path) -> Optional[int]:
-        """Create ``version_N`` (the first free N) atomically, so runs started together never share one.
+        """Sweep what dead runs left in the folder, then create and lock ``version_N`` (the first free N),
+        so runs started together never share one (:mod:`classification.rundir`).
 
         Processes a distributed launch starts later inherit the number (``GRADFILT_RUN_VERSION``); other
         ranks of an external launch (torchrun) leave the choice to Lightning.
@@ -156,14 +121,8 @@ class ClassificationCLI(LightningCLI):
             return int(os.environ[_VERSION_ENV])
         if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
             return None
-        folder.mkdir(parents=True, exist_ok=True)
-        n = 0
-        while True:
-            try:
-                (folder / f"version_{n}").mkdir()
-                break
-            except FileExistsError:
-                n += 1
+        sweep(folder)
+        n, self._lock = reserve_version(folder)
         self._reserved = folder / f"version_{n}"
         os.environ[_VERSION_ENV] = str(n)
         return n
@@ -176,6 +135,9 @@ class ClassificationCLI(LightningCLI):
             raise
         finally:
             os.environ.pop(_VERSION_ENV, None)
+            if self._reserved is not None and self._lock is not None:
+                release_version(self._reserved, self._lock)
+                self._lock = None
 
     def _remove_unused_version(self) -> None:
         """A run that failed before saving any checkpoint leaves no version folder (nor an empty run folder)."""

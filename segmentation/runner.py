@@ -18,6 +18,11 @@ DistributedDataParallel registers exactly the trainable parameters), before chec
 runs before the first change. The method's ``before_backward`` / ``after_backward`` hooks run
 around each backward (through the optimizer wrapper); ``select_samples`` is refused for now.
 
+Checkpoints survive a kill: each is written as ``<name>.part`` and renamed when complete, so a
+work dir only ever holds complete checkpoints. When the next run of a work dir starts,
+:func:`repair_work_dir` removes the parts a killed run left and, should the kill have torn
+mmengine's ``last_checkpoint`` pointer, points it at the newest complete checkpoint again.
+
 On a machine without CUDA, ``--launcher pytorch`` (torchrun) trains with the gloo backend on
 CPU processes; see :mod:`segmentation.train`.
 """
@@ -26,16 +31,21 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
+import re
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from mmengine.dist import is_main_process
 from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 from torch import nn
 
 from gradfilt.methods import Method, build_method, method_class
 
-__all__ = ["MethodRunner", "LAYER_LIST_KEYS", "configured_method", "apply_method", "example_input"]
+__all__ = ["MethodRunner", "LAYER_LIST_KEYS", "configured_method", "apply_method", "example_input",
+           "repair_work_dir"]
 
 LAYER_LIST_KEYS = ("layers", "freeze", "filter_install")
 
@@ -95,6 +105,40 @@ def apply_method(model: nn.Module, cfg) -> Optional[Method]:
     return method
 
 
+def _checkpoint_order(path: Path) -> tuple[int, float]:
+    number = re.search(r"(\d+)", path.stem)
+    return (int(number.group(1)) if number else -1, path.stat().st_mtime)
+
+
+def repair_work_dir(work_dir: str) -> list[str]:
+    """Remove the ``*.part`` files a killed run left in a work dir and mend a torn ``last_checkpoint``.
+
+    ``last_checkpoint`` is kept if it names an existing file; otherwise it is rewritten to name the
+    newest ``iter_N.pth`` / ``epoch_N.pth`` (or removed when there is none).
+
+    Returns:
+        what was changed, one line each.
+    """
+    folder, changed = Path(work_dir), []
+    if not folder.is_dir():
+        return changed
+    for part in folder.glob("*.part"):
+        part.unlink(missing_ok=True)
+        changed.append(f"removed {part}")
+    pointer = folder / "last_checkpoint"
+    if pointer.is_file():
+        named = pointer.read_text().strip()
+        if not named or not Path(named).is_file():
+            found = sorted((*folder.glob("iter_*.pth"), *folder.glob("epoch_*.pth")), key=_checkpoint_order)
+            if found:
+                pointer.write_text(str(found[-1]))
+                changed.append(f"{pointer} named {named!r}; now {found[-1]}")
+            else:
+                pointer.unlink()
+                changed.append(f"removed {pointer} (it named {named!r}; no checkpoint is left)")
+    return changed
+
+
 @RUNNERS.register_module()
 class MethodRunner(Runner):
     """mmengine Runner that applies ``cfg.method`` to the model as soon as it is built.
@@ -113,6 +157,21 @@ class MethodRunner(Runner):
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             self.logger.info(f"method {self.method.tag}: {trainable:,} trainable parameters")
         return model
+
+    def train(self):
+        if is_main_process():
+            for line in repair_work_dir(self.work_dir):
+                self.logger.warning(f"left by an interrupted run: {line}")
+        return super().train()
+
+    def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs) -> None:
+        """mmengine's save, into ``<filename>.part`` renamed when complete (local folders)."""
+        if "://" in str(out_dir):  # a remote backend: mmengine's own writing
+            return super().save_checkpoint(out_dir, filename, *args, **kwargs)
+        part = f"{filename}.part"
+        super().save_checkpoint(out_dir, part, *args, **kwargs)
+        if is_main_process():
+            os.replace(os.path.join(out_dir, part), os.path.join(out_dir, filename))
 
     def wrap_model(self, model_wrapper_cfg, model):
         if self.distributed and model_wrapper_cfg is None and not torch.cuda.is_available():

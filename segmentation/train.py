@@ -1,10 +1,12 @@
-"""``python -m segmentation.train CONFIG [--work-dir DIR] [--cfg-options k=v ...] [--launcher pytorch]``.
+"""``python -m segmentation.train CONFIG [--work-dir DIR] [--resume] [--cfg-options k=v ...] [--launcher pytorch]``.
 
 A thin wrapper of mmengine's Runner (distributed runs: ``torchrun --nproc-per-node N -m
 segmentation.train CONFIG --launcher pytorch``; without CUDA the processes train on CPU with the
 gloo backend): installs the mmcv-lite stand-in (segmentation.compat), loads the config, applies
 ``--cfg-options``, defaults ``work_dir`` to ``work_dirs/<config name>`` and trains with the
 config's runner (``MethodRunner`` for gradfilt's configs, which applies the training method).
+``--resume`` continues from the work dir's newest checkpoint (mmengine's ``last_checkpoint``;
+without one it starts from the beginning, as mmengine does, and says so in the log).
 Logs: text log and TensorBoard under the work dir.
 """
 
@@ -21,7 +23,7 @@ __all__ = ["load_config", "build_runner", "main"]
 
 
 def load_config(config: str, work_dir: Optional[str] = None, cfg_options: Optional[dict] = None,
-                launcher: str = "none"):
+                launcher: str = "none", resume: bool = False):
     """The mmengine Config of a run, with the wrapper's defaults applied.
 
     Args:
@@ -29,6 +31,7 @@ def load_config(config: str, work_dir: Optional[str] = None, cfg_options: Option
         work_dir: output folder; default ``work_dirs/<config file stem>``.
         cfg_options: dotted-key overrides (``--cfg-options``).
         launcher: none, pytorch, slurm or mpi (mmengine's launchers).
+        resume: continue from the work dir's newest checkpoint.
     """
     install()
     from mmengine.config import Config
@@ -40,6 +43,8 @@ def load_config(config: str, work_dir: Optional[str] = None, cfg_options: Option
         cfg.merge_from_dict(cfg_options)
     cfg.work_dir = work_dir or cfg.get("work_dir") or str(Path("work_dirs") / Path(config).stem)
     cfg.launcher = launcher
+    if resume:
+        cfg.resume = True
     if cfg.get("visualizer") is not None:  # a process-wide singleton by name: one per run, so logs go to this run
         cfg.visualizer.name = f"visualizer-{uuid.uuid4().hex[:12]}"
     return cfg
@@ -80,8 +85,9 @@ def parse_args(argv: Optional[Sequence[str]], description: str, extra=None) -> a
 
 def main(argv: Optional[Sequence[str]] = None):
     """Train; returns the runner."""
-    args = parse_args(argv, __doc__.split("\n\n")[0])
-    cfg = load_config(args.config, args.work_dir, args.cfg_options, args.launcher)
+    args = parse_args(argv, __doc__.split("\n\n")[0], lambda p: p.add_argument(
+        "--resume", action="store_true", help="continue from the work dir's newest checkpoint"))
+    cfg = load_config(args.config, args.work_dir, args.cfg_options, args.launcher, args.resume)
     runner = build_runner(cfg)
     runner.train()
     return runner
