@@ -66,6 +66,7 @@ from .freeze import freeze
 from .fuse import fuse_bn
 from .functional import axis_modes, check_patch_size
 from .install import install_filters
+from .sparse import SparseConv2d
 from .models import ARCHS, build_model
 from .trace import LayerCall, trace_layers
 
@@ -106,7 +107,7 @@ class CostReport:
 
 
 def conv_cost(call: LayerCall, patch_size: Optional[int], grad_input: bool, batch: int,
-              weight: bool = True, bias_only: bool = False) -> tuple[int, int]:
+              weight: bool = True, bias_only: bool = False, channels: Optional[int] = None) -> tuple[int, int]:
     """(backward FLOPs, bytes kept for backward) of one conv in the backward, formulas in the module docstring.
 
     Args:
@@ -116,6 +117,8 @@ def conv_cost(call: LayerCall, patch_size: Optional[int], grad_input: bool, batc
         batch: images per step.
         weight: whether its weight trains (False: frozen, or bias only).
         bias_only: its bias trains and its weight does not.
+        channels: the weight trains on this many input channels only (output channels of a
+            depthwise conv; sparse update): its weight gradient and kept input scale with them.
     """
     conv = call.module
     c_in, h_in, w_in = call.in_shape
@@ -126,11 +129,13 @@ def conv_cost(call: LayerCall, patch_size: Optional[int], grad_input: bool, batc
     hw = h_out * w_out
     flops = batch * c_out * hw if bias_only else 0  # the bias gradient: g_y summed per channel
     if patch_size is None:
+        kept = c_in if channels is None else channels  # input channels the weight gradient reads
         if weight:
-            flops += batch * (taps + 1) * c_out * c_in_g * hw
+            pairs = c_out * c_in_g if channels is None else (channels if conv.groups > 1 else c_out * channels)
+            flops += batch * (taps + 1) * pairs * hw
         if grad_input:
             flops += batch * 2 * c_out * c_in_g * taps * hw
-        return flops, batch * c_in * h_in * w_in * FLOAT_BYTES if weight else 0
+        return flops, batch * kept * h_in * w_in * FLOAT_BYTES if weight else 0
     modes = axis_modes(conv.stride, conv.dilation, patch_size)
     kept, phases = 1, 1
     for mode, k, s in zip(modes, conv.kernel_size, conv.stride):
@@ -280,15 +285,16 @@ def estimate_configured(
     layers = []
     for call in _trace(model, h, w, in_channels):
         module = call.module
-        weight = module.weight.requires_grad
+        channels = module.channels.numel() if isinstance(module, SparseConv2d) else None
+        weight = module.weight.requires_grad or bool(channels) and module.weight_update.requires_grad
         bias = module.bias is not None and module.bias.requires_grad
         if not (weight or bias or call.grad_input):
             continue
         bias_only = bias and not weight
         if isinstance(module, nn.Conv2d):
             r = module.patch_size if isinstance(module, FilteredConv2d) else None
-            flops, nbytes = conv_cost(call, r, call.grad_input, batch_size, weight, bias_only)
-            kind = "conv" if weight else "conv-bias" if bias else "conv-frozen"
+            flops, nbytes = conv_cost(call, r, call.grad_input, batch_size, weight, bias_only, channels or None)
+            kind = ("conv-sparse" if channels else "conv") if weight else "conv-bias" if bias else "conv-frozen"
         else:
             r, nbytes = None, 0
             flops = linear_cost(call, call.grad_input, batch_size, weight, bias_only)

@@ -250,3 +250,28 @@ def test_fits_started_together_get_their_own_versions_and_a_failed_start_leaves_
         main(["fit", *args, "--ckpt_path", str(tmp / "missing.ckpt")])  # a failed resume
     assert sorted(p.name for p in folder.glob("version_*")) == versions  # no half-made version_2
     assert os.environ.get("GRADFILT_RUN_VERSION") is None
+
+
+@pytest.mark.parametrize("method, tag", [("sparse_update", "sparse-b8-w2-r0.5"), ("tinytl", "tinytl")])
+def test_sparse_update_and_tinytl_fine_tune_evaluate_and_keep_frozen_weights(runs, fmnist_root, method, tag):
+    from gradfilt.sparse import SparseConv2d
+
+    tmp, _ = runs
+    pretrained = tmp / "runs" / "t" / "resnet18" / "fmnist" / "pretrain" / "best.ckpt"
+    args = _args(fmnist_root, tmp, "--model.init_from", str(pretrained),
+                 configs=[CFG / "schedules" / "fmnist_finetune.yaml", CFG / "methods" / f"{method}.yaml"])
+    cli = main(["fit", *args])
+    model = cli.model
+    assert model.method.tag == tag and any(isinstance(m, SparseConv2d) for m in model.modules())
+    fresh = ClassificationModule(**{k: v for k, v in model.hparams.items() if not k.startswith("_")}
+                                 | {"method": method_of(model.hparams.method)})
+    before = dict(fresh.model.named_parameters())
+    changed = {n for n, p in model.model.named_parameters() if not torch.equal(p, before[n])}
+    trained = {n for n, p in model.model.named_parameters() if p.requires_grad}
+    assert changed and changed <= trained  # frozen parameters bit-identical
+    best = tmp / "runs" / "t" / "resnet18" / "fmnist" / tag / "best.ckpt"
+    tested = main(["test", *args, "--ckpt_path", str(best)])
+    assert tested.trainer.callback_metrics["Test/Acc"] >= 0
+    trained_state = model.model.state_dict()  # sparse convs show their merged weight
+    for name, value in tested.model.model.state_dict().items():
+        assert torch.equal(value, trained_state[name]), name  # the checkpoint reloads the trained model exactly
