@@ -12,6 +12,7 @@ builds later sees exactly the trainable ones. Every training step calls the meth
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Literal, Optional
@@ -25,6 +26,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision import models as tv
 
 from gradfilt import classifier_name
+from gradfilt.cost import measure
 from gradfilt.freeze import keep_bn_eval
 from gradfilt.fuse import fuse_bn as fold_bn
 from gradfilt.methods import Method, Vanilla, build_method
@@ -175,8 +177,21 @@ class ClassificationModule(pl.LightningModule):
         if self.logger is not None:
             metrics = {"Cost/BackwardFLOPs": float(self.cost.backward_flops),
                        "Cost/ActivationBytes": float(self.cost.activation_bytes),
-                       "Cost/TrainableParams": float(self.cost.trainable_params)}
+                       "Cost/TrainableParams": float(self.cost.trainable_params),
+                       "Cost/MeasuredBytes": float(self.measured_bytes())}
             self.logger.log_hyperparams({**self.hparams, **self.method.fields()}, metrics)
+
+    def measured_bytes(self) -> int:
+        """Bytes autograd keeps for backward per image, in one training step of 2 images (training-mode
+        BatchNorm needs more than one value per channel), as set up (every saved tensor counted once,
+        parameters not: :func:`gradfilt.cost.measure`), on a copy of the network."""
+        net = copy.deepcopy(self.model).train()  # frozen BatchNorm layers stay in eval mode (their hooks)
+        size = self.hparams.image_size
+        param = next(net.parameters())
+        devices = [param.device.index or 0] if param.is_cuda else []
+        with torch.random.fork_rng(devices=devices):  # dropout here must not shift the run's random stream
+            images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+            return measure(net, images.to(device=param.device, dtype=param.dtype))["total"] // 2
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str, acc: MulticlassAccuracy) -> Tensor:
         x, y = batch

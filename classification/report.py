@@ -3,8 +3,9 @@
 Reads the TensorBoard event files and resolved ``config.yaml`` of every run under the given
 folders and prints the paper-style table (method, #layers, patch size, best validation
 accuracy, test accuracy when a test ran, backward FLOPs and activation memory from the cost
-model) as Markdown; writes it as CSV, and plots accuracy against backward FLOPs (log scale)
-like the paper's Figure 4. A row is one model: a fit and the evaluations of its checkpoints.
+model, and the bytes autograd really kept in one step of one image) as Markdown; writes it as
+CSV, and plots accuracy against backward FLOPs (log scale, like the paper's Figure 4) and
+against activation memory. A row is one model: a fit and the evaluations of its checkpoints.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .module import method_of
 __all__ = ["collect", "markdown", "write_csv", "plot", "main"]
 
 COLUMNS = ["table", "model", "dataset", "method", "layers", "patch_size", "val_acc", "test_acc", "test_ckpt",
-           "backward_flops", "activation_bytes", "run"]
+           "backward_flops", "activation_bytes", "measured_bytes", "run"]
 
 
 def _scalars(run: Path) -> dict[str, list[float]]:
@@ -108,6 +109,7 @@ def _row(key: Path, evals: list[Path], scalars: dict, configs: dict) -> dict:
         "test_ckpt": configs[tests[-1][0]].get("ckpt_path") if tests else None,
         "backward_flops": best("Cost/BackwardFLOPs"),
         "activation_bytes": best("Cost/ActivationBytes"),
+        "measured_bytes": best("Cost/MeasuredBytes"),
         "run": str(key),
     }
 
@@ -126,14 +128,15 @@ def _pct(value: Optional[float]) -> str:
 
 def markdown(rows: list[dict]) -> str:
     """The rows as a Markdown table (accuracies in %, FLOPs and bytes in the paper's units)."""
-    lines = ["| model | dataset | method | #layers | patch | val acc % | test acc % | backward FLOPs | memory |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | dataset | method | #layers | patch | val acc % | test acc % | backward FLOPs | memory "
+             "| measured |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         flops = "-" if r["backward_flops"] is None else format_flops(int(r["backward_flops"]))
-        mem = "-" if r["activation_bytes"] is None else format_bytes(int(r["activation_bytes"]))
+        mem, measured = ("-" if r[k] is None else format_bytes(int(r[k])) for k in ("activation_bytes",
+                                                                                   "measured_bytes"))
         lines.append(f"| {r['model']} | {r['dataset']} | {r['method']} | {r['layers']} | "
                      f"{r['patch_size'] if r['patch_size'] is not None else '-'} | {_pct(r['val_acc'])} | "
-                     f"{_pct(r['test_acc'])} | {flops} | {mem} |")
+                     f"{_pct(r['test_acc'])} | {flops} | {mem} | {measured} |")
     tested = [r for r in rows if r["test_ckpt"]]
     if tested:
         lines += ["", "test acc % is of: " + "; ".join(f"{r['method']} {r['test_ckpt']}" for r in tested)]
@@ -149,29 +152,33 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Accuracy vs backward FLOPs (log x), one series per model/dataset, points labelled by method."""
+    """Accuracy against backward FLOPs and against activation memory (log x, the cost model's numbers),
+    one series per model/dataset, points labelled by method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         if r["val_acc"] is not None and r["backward_flops"]:
             groups.setdefault((r["model"], r["dataset"]), []).append(r)
-    for (model, dataset), points in sorted(groups.items()):
-        xs = [p["backward_flops"] for p in points]
-        ys = [100 * (p["test_acc"] if p["test_acc"] is not None else p["val_acc"]) for p in points]
-        ax.scatter(xs, ys, label=f"{model} / {dataset}")
-        for p, x, y in zip(points, xs, ys):
-            ax.annotate(p["method"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("backward FLOPs per image (cost model)")
-    ax.set_ylabel("accuracy % (test if run, else best validation)")
-    ax.grid(True, which="both", alpha=0.3)
+    for ax, key, label in ((axes[0], "backward_flops", "backward FLOPs per image (cost model)"),
+                           (axes[1], "activation_bytes", "activation memory per image, bytes (cost model)")):
+        for (model, dataset), points in sorted(groups.items()):
+            points = [p for p in points if p[key]]
+            xs = [p[key] for p in points]
+            ys = [100 * (p["test_acc"] if p["test_acc"] is not None else p["val_acc"]) for p in points]
+            ax.scatter(xs, ys, label=f"{model} / {dataset}")
+            for p, x, y in zip(points, xs, ys):
+                ax.annotate(p["method"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("accuracy % (test if run, else best validation)")
     if groups:
-        ax.legend(fontsize=8)
+        axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,8 +1,10 @@
 """gradfilt: gradient filtering for efficient on-device training of CNNs.
 
-Public API: the op (:class:`FilteredConv2d`, :func:`filtered_conv2d`), the training methods
+Public API: the op (:class:`FilteredConv2d`, :func:`filtered_conv2d`), the partial-channel conv
+of sparse update and TinyTL (:class:`SparseConv2d`), the training methods
 (:mod:`gradfilt.methods`: :class:`Method`, :func:`register_method`, :func:`build_method`,
-:class:`Vanilla`, :class:`GradientFilter`), the config-driven installer
+:class:`Vanilla`, :class:`GradientFilter`, :class:`SparseUpdate`, :class:`TinyTL`), the
+config-driven installer
 (:func:`install_filters`, :func:`register_filter_type`), freezing by dotted path
 (:func:`freeze`) and the paper's "#Layers" selection (:func:`last_convs`).
 """
@@ -11,11 +13,14 @@ from .conv import FilteredConv2d
 from .freeze import classifier_name, freeze, last_convs
 from .functional import filtered_conv2d, patch_mean, patch_sum
 from .install import FILTER_TYPES, FilterSpec, install_filters, register_filter_type
-from .methods import METHODS, GradientFilter, Method, Vanilla, build_method, register_method
+from .methods import METHODS, GradientFilter, Method, SparseUpdate, TinyTL, Vanilla, build_method, register_method
+from .sparse import SparseConv2d, sparse_conv2d
 
 __all__ = [
     "FilteredConv2d",
     "filtered_conv2d",
+    "SparseConv2d",
+    "sparse_conv2d",
     "patch_mean",
     "patch_sum",
     "install_filters",
@@ -31,4 +36,6 @@ __all__ = [
     "build_method",
     "Vanilla",
     "GradientFilter",
+    "SparseUpdate",
+    "TinyTL",
 ]

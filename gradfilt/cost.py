@@ -33,6 +33,10 @@ Conventions (docs/paper.md "Cost columns"), per image, float32 (4 bytes), KB = 1
   only trainable parameter is its bias costs Co*HW additions per image for the bias gradient
   and keeps no input (a bias gradient needs only g_y). Bias gradients of layers whose weight
   trains are not counted, as in the published cells.
+* A :class:`~gradfilt.sparse.SparseConv2d` whose weight trains on n of its channels (sparse
+  update; layer type ``conv-sparse``) keeps those n input channels, n*H_in*W_in values, and its
+  weight gradient costs (k^2 + 1)*Co*n*HW ((k^2 + 1)*n*HW for a depthwise conv, whose n are
+  output channels); with no channels it is a bias-only layer (``conv-bias``).
 * Trainable normalization parameters (BatchNorm, GroupNorm, ...) are outside this convention
   (it counts conv inputs and conv / linear FLOPs); the report lists those layers in
   ``uncounted`` instead of leaving them out silently, and :func:`measure` sees their bytes.

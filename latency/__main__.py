@@ -28,12 +28,13 @@ import torch
 from tqdm import tqdm
 
 from gradfilt import _native
+from gradfilt.cost import format_flops
 
 from .bench import (PARTS, ConvCase, bench_case, bench_parts, bench_steps, keep_freed_memory, method_config,
                     model_cases, parts_supported, table10_cases, write_csv)
 
 METHODS_DIR = Path(__file__).resolve().parents[1] / "configs" / "classification" / "methods"
-DEFAULT_METHODS = [METHODS_DIR / f"{name}.yaml" for name in ("vanilla", "r2", "r4")]
+DEFAULT_METHODS = [METHODS_DIR / f"{name}.yaml" for name in ("vanilla", "r2", "r4", "sparse_update", "tinytl")]
 
 CASE_SETS = {"table10": table10_cases, "resnet18": lambda: model_cases("resnet18"),
              "mobilenet_v2": lambda: model_cases("mobilenet_v2")}
@@ -76,12 +77,13 @@ def conv_markdown(rows: list[dict]) -> str:
 def step_markdown(rows: list[dict]) -> str:
     """Markdown table of step rows, speedups against the first method's row of the same arch/layers."""
     lines = ["| arch | layers | method | forward ms | backward ms | SGD ms | step ms | step speedup | "
-             "backward speedup |", "|---|---|---|---|---|---|---|---|---|"]
+             "backward speedup | backward FLOPs | saved MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        base = next(b for b in rows if b["arch"] == r["arch"] and b["layers"] == r["layers"])
+        base = next(b for b in rows if b["arch"] == r["arch"] and b["set"] == r["set"])
         lines.append(f"| {r['arch']} | {r['layers']} | {r['method']} | {r['forward_ms']:.0f} | "
                      f"{r['backward_ms']:.1f} | {r['sgd_ms']:.1f} | {r['step_ms']:.0f} | "
-                     f"{base['step_ms'] / r['step_ms']:.2f}x | {base['backward_ms'] / r['backward_ms']:.1f}x |")
+                     f"{base['step_ms'] / r['step_ms']:.2f}x | {base['backward_ms'] / r['backward_ms']:.1f}x | "
+                     f"{format_flops(r['backward_flops'])} | {r['saved_bytes'] / 2**20:.2f} |")
     return "\n".join(lines)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import inspect
 import math
 import statistics
 import time
@@ -37,7 +38,8 @@ from torch import nn
 
 from gradfilt import FilteredConv2d, _native, filtered_conv2d, functional
 from gradfilt.cost import conv_cost, measure
-from gradfilt.methods import build_method
+from gradfilt.fuse import fuse_bn
+from gradfilt.methods import build_method, method_class
 from gradfilt.models import build_model
 from gradfilt.trace import LayerCall, trace_layers
 
@@ -376,8 +378,10 @@ def method_config(path: Path) -> dict:
 
 
 def with_layers(config: dict, layers: Optional[int]) -> dict:
-    """``config`` with its ``layers`` argument set to ``layers`` (None: unchanged)."""
-    if layers is None:
+    """``config`` with its ``layers`` argument set to ``layers`` (None, or a method without ``layers``
+    such as sparse update or TinyTL: unchanged)."""
+    name = config.get("class_path", config.get("type"))
+    if layers is None or "layers" not in inspect.signature(method_class(name)).parameters:
         return config
     if "class_path" in config:
         return {**config, "init_args": {**(config.get("init_args") or {}), "layers": layers}}
@@ -385,8 +389,9 @@ def with_layers(config: dict, layers: Optional[int]) -> dict:
 
 
 def bench_steps(arch: str, layers: Optional[int], methods: Sequence[dict], batch: int, image_size: int,
-                device: torch.device, repeats: int) -> list[dict]:
-    """Median milliseconds of one fine-tuning step per method, split into forward / backward / SGD step.
+                device: torch.device, repeats: int, fuse: bool = True) -> list[dict]:
+    """Median milliseconds of one fine-tuning step per method, split into forward / backward / SGD step,
+    with the method's backward FLOPs (cost model) and the bytes autograd really kept in one step.
 
     The set-ups (one model each) are timed in alternating rounds (:func:`time_rounds`, one step
     of each per round after 2 warm-up steps each, which ``_step`` records too), so that they are
@@ -399,20 +404,28 @@ def bench_steps(arch: str, layers: Optional[int], methods: Sequence[dict], batch
         batch, image_size: the input batch.
         device: where to run.
         repeats: timed steps of each set-up.
+        fuse: fold BatchNorm into the convs before the method is applied, as the fine-tuning recipes
+            do (sparse update and TinyTL train the folded biases).
     """
     images = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(device)
     labels = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(1)).to(device)
     built = [build_method(with_layers(config, layers)) for config in methods]
     parts: dict[str, list[tuple[float, float, float]]] = {}
     steps: dict[str, Callable[[], None]] = {}
+    costs: dict[str, tuple[int, int]] = {}
     for method in built:
         if method.tag in parts:
             raise ValueError(f"two step set-ups share the tag {method.tag!r}")
         torch.manual_seed(0)
         model = build_model(arch, 1000)
+        if fuse:
+            fuse_bn(model.eval(), torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)))
         method.apply(model, torch.zeros(1, 3, image_size, image_size))
         model.to(device).train()
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
+        flops = method.cost(model, image_size, batch_size=batch).backward_flops
+        costs[method.tag] = (flops, measure(model, images)["total"])
+        opt.zero_grad(set_to_none=True)
         parts[method.tag] = []
         steps[method.tag] = functools.partial(_step, model, opt, images, labels, device, parts[method.tag])
     time_rounds(steps, device, repeats, warmup=_WARMUP_STEPS)
@@ -420,9 +433,10 @@ def bench_steps(arch: str, layers: Optional[int], methods: Sequence[dict], batch
     for method in built:
         recorded = parts[method.tag]
         med = [statistics.median(t[i] for t in recorded[_WARMUP_STEPS:]) for i in range(3)]
-        rows.append({"arch": arch, **method.fields(), "batch": batch, "image_size": image_size,
+        rows.append({"arch": arch, "set": layers, **method.fields(), "batch": batch, "image_size": image_size,
                      "device": device.type, **{f"{k}_ms": 1e3 * v for k, v in zip(("forward", "backward", "sgd"), med)},
-                     "step_ms": 1e3 * sum(med)})
+                     "step_ms": 1e3 * sum(med), "backward_flops": costs[method.tag][0],
+                     "saved_bytes": costs[method.tag][1]})
     return rows
 
 

@@ -92,3 +92,12 @@ def test_timm_arch_through_the_module():
     module = ClassificationModule(arch="timm/resnet10t", num_classes=4, image_size=32, method=GradientFilter(2, 2))
     assert module.method.trained_convs == ["layer4.0.conv1", "layer4.0.conv2"]
     assert module.cost.backward_flops > 0 and module(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+
+
+def test_measuring_a_step_leaves_the_random_stream_alone():
+    """The measured-bytes step runs dropout; the run's own random stream must not move."""
+    module = ClassificationModule(arch="mobilenet_v2", num_classes=10, image_size=32)
+    state = torch.random.get_rng_state()
+    nbytes = module.measured_bytes()
+    assert nbytes > 0 and torch.equal(torch.random.get_rng_state(), state)
+    assert all(p.grad is None for p in module.parameters())  # measured on a copy

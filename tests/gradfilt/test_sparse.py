@@ -2,16 +2,15 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gradfilt import FilteredConv2d
 from gradfilt.cost import estimate_configured, measure
-from gradfilt.fuse import fuse_bn
 from gradfilt.methods import SparseUpdate, build_method
 from gradfilt.models import build_model
 from gradfilt.sparse import SparseConv2d, select_channels
 from gradfilt.trace import trace_layers
+from helpers.training import fused, sgd_steps
 
 torch.manual_seed(0)
 
@@ -88,14 +87,8 @@ def test_channel_selection_criteria():
         select_channels(w, 1, 2, "norm")
 
 
-def _fused(arch):
-    model = build_model(arch, 10).eval()
-    fuse_bn(model)
-    return model
-
-
 def _mbv2():
-    return _fused("mobilenet_v2"), torch.zeros(1, 3, 32, 32)
+    return fused("mobilenet_v2"), torch.zeros(1, 3, 32, 32)
 
 
 def test_sparse_update_sets_up_mobilenet_v2():
@@ -121,14 +114,7 @@ def test_unselected_weights_stay_bit_identical_under_momentum_and_weight_decay()
     model, x = _mbv2()
     method = SparseUpdate(n_bias_update=4, n_weight_update=3, weight_update_ratio=0.5)
     method.apply(model, x)
-    model.train()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9,
-                          weight_decay=5e-4)
-    for _ in range(3):
-        opt.zero_grad()
-        F.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.randint(0, 10, (4,))).backward()
-        opt.step()
+    before = sgd_steps(model, 3)
     after = model.state_dict()
     for name, module in model.named_modules():
         if isinstance(module, SparseConv2d) and module.channels.numel():
@@ -145,7 +131,7 @@ def test_unselected_weights_stay_bit_identical_under_momentum_and_weight_decay()
 
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
 def test_measured_conv_bytes_equal_the_cost_model(arch):
-    model = _fused(arch)
+    model = fused(arch)
     x = torch.zeros(1, 3, 32, 32)
     # partial layers only: a fully trained conv's input is often the very tensor its ReLU keeps, which
     # measure() counts once, under "activation"
@@ -159,7 +145,7 @@ def test_measured_conv_bytes_equal_the_cost_model(arch):
 
 
 def test_with_gradient_filters_on_the_fully_updated_convs():
-    model = _fused("resnet18")
+    model = fused("resnet18")
     x = torch.zeros(1, 3, 64, 64)
     method = build_method({"type": "sparse_update", "n_bias_update": 4, "n_weight_update": 2,
                            "weight_update_ratio": [0.5, 1.0], "patch_size": 2})
@@ -182,7 +168,7 @@ def test_with_gradient_filters_on_the_fully_updated_convs():
     ({"n_bias_update": 2, "n_weight_update": 1, "weight_update_ratio": 9999}, ValueError, r"asks for 9999 channels"),
 ])
 def test_rule_errors_leave_the_model_untouched(kwargs, error, message):
-    model = _fused("resnet18")
+    model = fused("resnet18")
     before = _state(model)
     with pytest.raises(error, match=message):
         SparseUpdate(**kwargs).apply(model, torch.zeros(1, 3, 32, 32))

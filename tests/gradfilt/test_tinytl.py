@@ -2,27 +2,20 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gradfilt import classifier_name
 from gradfilt.cost import estimate_configured, measure
-from gradfilt.fuse import fuse_bn
 from gradfilt.methods import TinyTL, build_method
 from gradfilt.methods.tinytl import LiteResidual
 from gradfilt.models import build_model
 from gradfilt.sparse import SparseConv2d
-
-
-def _fused(arch):
-    model = build_model(arch, 10).eval()
-    fuse_bn(model)
-    return model
+from helpers.training import fused, sgd_steps
 
 
 @pytest.mark.parametrize("arch, blocks", [("mobilenet_v2", 17), ("mcunet", 14), ("resnet18", 8)])
 def test_starts_as_the_network_it_was_and_trains_the_right_parameters(arch, blocks):
-    model = _fused(arch)
+    model = fused(arch)
     x = torch.randn(2, 3, 64, 64)
     before = model(x)
     classifier = classifier_name(model, x[:1])
@@ -39,16 +32,9 @@ def test_starts_as_the_network_it_was_and_trains_the_right_parameters(arch, bloc
 
 
 def test_frozen_weights_bit_identical_and_the_rest_trains():
-    model = _fused("mobilenet_v2")
+    model = fused("mobilenet_v2")
     TinyTL().apply(model, torch.zeros(1, 3, 32, 32))
-    model.train()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05, momentum=0.9,
-                          weight_decay=1e-4)
-    for _ in range(2):
-        opt.zero_grad()
-        F.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.randint(0, 10, (4,))).backward()
-        opt.step()
+    before = sgd_steps(model, 2)
     params = dict(model.named_parameters())
     for name, value in model.state_dict().items():
         trains = name in params and params[name].requires_grad
@@ -59,7 +45,7 @@ def test_frozen_weights_bit_identical_and_the_rest_trains():
 
 
 def test_memory_is_the_lite_residuals_inputs_only():
-    model = _fused("resnet18")
+    model = fused("resnet18")
     TinyTL().apply(model, torch.zeros(1, 3, 64, 64))
     model.train()
     report = estimate_configured(model, 64, batch_size=2)
@@ -77,7 +63,7 @@ def test_memory_is_the_lite_residuals_inputs_only():
 
 
 def test_down_sampling_follows_the_map_size():
-    model = _fused("resnet18")
+    model = fused("resnet18")
     method = TinyTL()
     method.apply(model, torch.zeros(1, 3, 32, 32))  # layer4 runs at 1x1: no pooling there
     assert isinstance(model.layer4[1].lite_residual.pool, nn.Identity)

@@ -1,1 +1,1 @@
-"""Helpers the tests start in child processes (distributed runs); not collected as tests."""
+"""Helpers of the tests: code they start in child processes (distributed runs) and shared training loops; not collected as tests."""

@@ -11,9 +11,13 @@ import pytest
 import torch
 
 from gradfilt import filtered_conv2d
+from gradfilt.cost import estimate_configured, measure
+from gradfilt.fuse import fuse_bn
+from gradfilt.methods import build_method
+from gradfilt.models import build_model
 from latency.__main__ import main
 from latency.bench import (PARTS, ConvCase, _part_fns, bench_case, bench_parts, bench_steps, method_config,
-                           model_cases, table10_cases, time_rounds)
+                           model_cases, table10_cases, time_rounds, with_layers)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -109,10 +113,26 @@ def test_step_mode_splits_the_step(tmp_path, capsys):
     assert [(row["method"], row["patch_size"]) for row in rows] == [("vanilla-2L", "-"), ("R2-2L", 2)]
     for row in rows:
         assert row["step_ms"] == pytest.approx(row["forward_ms"] + row["backward_ms"] + row["sgd_ms"])
-    r4 = REPO / "configs" / "classification" / "methods" / "r4.yaml"
-    assert main(["--mode", "step", "--archs", "mobilenet_v2", "--layers", "2", "--methods", str(r4), "--batch", "2",
+    configs = REPO / "configs" / "classification" / "methods"
+    assert main(["--mode", "step", "--archs", "mobilenet_v2", "--layers", "2", "--methods", str(configs / "r4.yaml"),
+                 str(configs / "sparse_update.yaml"), str(configs / "tinytl.yaml"), "--batch", "2",
                  "--image-size", "64", "--repeats", "1", "--out", str(tmp_path)]) == 0
-    assert "| mobilenet_v2 | 2 | R4-2L |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| mobilenet_v2 | 2 | R4-2L |" in out and "| sparse-b8-w2-r0.5 |" in out and "| tinytl |" in out
+
+
+def test_step_mode_costs_each_set_up_as_training_would():
+    methods = [{"type": "vanilla"}, {"type": "sparse_update", "n_bias_update": 4, "n_weight_update": 2,
+                                      "weight_update_ratio": 0.5}, {"type": "tinytl"}]
+    rows = bench_steps("mobilenet_v2", 2, methods, batch=2, image_size=64, device=torch.device("cpu"), repeats=1)
+    for config, row in zip(methods, rows):
+        model = build_model("mobilenet_v2", 1000).eval()
+        fuse_bn(model, torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+        method = build_method(with_layers(config, 2))
+        method.apply(model, torch.zeros(1, 3, 64, 64))
+        assert row["set"] == 2 and row["method"] == method.tag
+        assert row["backward_flops"] == estimate_configured(model, 64, batch_size=2).backward_flops
+        assert row["saved_bytes"] == measure(model.train(), torch.randn(2, 3, 64, 64))["total"]
 
 
 def test_step_mode_reads_method_configs(tmp_path):
