@@ -147,15 +147,20 @@ def last_convs(
 
 
 def classifier_name(model: nn.Module, example_input: Optional[Tensor] = None,
-                    input_size: Sequence[int] = (1, 3, 224, 224)) -> str:
+                    input_size: Sequence[int] = (1, 3, 224, 224), conv_fallback: bool = False) -> str:
     """Dotted name of the last ``nn.Linear`` the forward pass runs (the classifier of "#Layers").
 
     Args:
         model: the network (run once, flags restored).
         example_input: a batch to trace with; if None, zeros of ``input_size``.
         input_size: shape of the zeros batch.
+        conv_fallback: a network that runs no ``nn.Linear`` (a segmentor) gives its last conv
+            instead (the decode head's 1x1 classifier conv).
     """
-    linears = [c.name for c in trace_layers(model, example_input, input_size) if isinstance(c.module, nn.Linear)]
+    calls = trace_layers(model, example_input, input_size)
+    linears = [c.name for c in calls if isinstance(c.module, nn.Linear)]
+    if not linears and conv_fallback:
+        linears = [c.name for c in calls if isinstance(c.module, nn.Conv2d)]
     if not linears:
         raise ValueError(f"{type(model).__name__} runs no nn.Linear classifier")
     return linears[-1]

@@ -5,6 +5,7 @@ A config names the method at top level, with the same Method classes classificat
     runner_type = 'MethodRunner'
     method = dict(type='gradient_filter')          # or 'vanilla', or any registered method
     layer_list = dict(freeze=[...], filter_install=[...])
+    fuse_bn = True                                 # fold BatchNorm first (sparse update, TinyTL)
 
 ``layer_list`` is a model's choice of layers, written once and shared by its vanilla and
 filtered configs: each method takes the keys its signature names (``vanilla`` takes
@@ -37,11 +38,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from mmengine.dist import is_main_process
+from mmengine.dist import broadcast, is_main_process
 from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 from torch import nn
 
+from gradfilt.fuse import fuse_bn
 from gradfilt.methods import Method, build_method, method_class
 
 __all__ = ["MethodRunner", "LAYER_LIST_KEYS", "configured_method", "apply_method", "example_input",
@@ -152,11 +154,42 @@ class MethodRunner(Runner):
 
     def build_model(self, model):
         model = super().build_model(model)
+        if self.cfg.get("fuse_bn"):
+            if hasattr(model, "init_weights"):  # now: train() must not re-initialize what is set up below
+                model.init_weights()
+            self._weights_ready = True
+            self._fold_bn(model)
         self.method = apply_method(model, self.cfg)
         if self.method is not None:
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             self.logger.info(f"method {self.method.tag}: {trainable:,} trainable parameters")
         return model
+
+    _weights_ready = False
+
+    def _init_model_weights(self) -> None:
+        if not self._weights_ready:
+            return super()._init_model_weights()
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        for value in model.state_dict().values():  # the ranks agree, as after mmengine's own initialization
+            broadcast(value)
+
+    def _fold_bn(self, model) -> None:
+        """``fuse_bn = True``: fold BatchNorm into the convs (sparse update and TinyTL train the folded
+        biases). The statistics must be those of the weights the run starts from, so the weights are
+        initialized and ``load_from`` is loaded here, before folding, and neither happens again in
+        ``train()``; a resumed run's checkpoints are already folded and load as usual."""
+        if self._load_from is not None and not self._resume:
+            from mmengine.runner import load_checkpoint
+
+            load_checkpoint(model, self._load_from, map_location="cpu", logger=self.logger)
+            self.logger.info(f"loaded {self._load_from} before folding BatchNorm into the convs")
+            self._load_from = None
+        training = model.training
+        batch = torch.randn(2, *example_input(self.cfg).shape[1:], generator=torch.Generator().manual_seed(0))
+        pairs = fuse_bn(model.eval(), batch)
+        model.train(training)
+        self.logger.info(f"folded {len(pairs)} BatchNorm layers into their convs")
 
     def train(self):
         if is_main_process():

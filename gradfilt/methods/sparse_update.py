@@ -15,8 +15,8 @@ Configured with tiny-training's vocabulary (``backward_config``):
 
 Rules (checked before the model is changed): every weight-updated layer also updates its bias
 (it must be among the last ``n_bias_update`` convs, and have a bias: fold BatchNorm first),
-indices in range, ratios in (0, 1] or counts in [1, channels]. The classifier trains unless
-``train_classifier`` is false. Everything else is frozen, BatchNorm in eval mode.
+indices in range, ratios in (0, 1] or counts in [1, channels]. The classifier (the last
+``nn.Linear``, or for a segmentor the last conv) trains whole unless ``train_classifier`` is false. Everything else is frozen, BatchNorm in eval mode.
 
 Savings are real, not masks: a partially updated or bias-only conv becomes a
 :class:`gradfilt.sparse.SparseConv2d`, which keeps only the trained channels' inputs (none for
@@ -178,13 +178,13 @@ class SparseUpdate(Method):
                             f"{[type(resolve(model, b)).__name__ for b in bad]}")
         filters = [FilterSpec(name, p["filter"], "conv") for name, p in plan.items() if p["filter"] is not None]
         plan_filters(model, filters)  # checks the patch sizes against strides and dilations
-        if self.train_classifier:
-            classifier_name(model, example_input)  # raises if there is none
+        if self.train_classifier:  # it trains whole: no sparse swap for it
+            plan.pop(classifier_name(model, example_input, conv_fallback=True), None)
         return plan
 
     def apply(self, model: nn.Module, example_input: Tensor) -> None:
         plan = self.plan(model, example_input)
-        classifier = classifier_name(model, example_input) if self.train_classifier else None
+        classifier = classifier_name(model, example_input, conv_fallback=True) if self.train_classifier else None
         filters = plan_filters(model, [FilterSpec(n, p["filter"], "conv") for n, p in plan.items()
                                        if p["filter"] is not None])
         freeze(model, [""])

@@ -11,7 +11,7 @@ Every weight of the network is frozen; what trains is
   channels, a norm whose scale starts at zero (so the network starts out exactly as it was), and
   bilinear up-sampling to the block's output size. It keeps only its own small, down-sampled
   input for backward;
-* the classifier.
+* the classifier (the last ``nn.Linear``; for a segmentor, the last conv: its 1x1 classifier).
 
 Blocks: MobileNetV2's ``InvertedResidual`` and MCUNet's ``MCUNetBlock`` (TinyTL's placement),
 and for ResNets (which TinyTL's paper does not describe) every ``BasicBlock`` / ``Bottleneck``,
@@ -141,15 +141,17 @@ class TinyTL(Method):
         if nested:
             raise ValueError(f"tinytl: blocks inside blocks are ambiguous: {nested}")
         if self.train_biases:
-            missing = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.bias is None]
+            classifier = classifier_name(model, example_input, conv_fallback=True)
+            missing = [n for n, m in model.named_modules()
+                       if isinstance(m, nn.Conv2d) and m.bias is None and n != classifier]
             if missing:
                 raise ValueError(f"tinytl trains conv biases, and {len(missing)} convs have none (e.g. {missing[0]}); "
                                  f"fold BatchNorm into the convs first (classification: model.fuse_bn true), or "
                                  f"train_biases: false")
-            odd = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and type(m) is not nn.Conv2d]
+            odd = [n for n, m in model.named_modules()
+                   if isinstance(m, nn.Conv2d) and type(m) is not nn.Conv2d and n != classifier]
             if odd:
                 raise TypeError(f"tinytl makes plain torch.nn.Conv2d layers bias-only; {odd} are not plain convs")
-        classifier_name(model, example_input)
         lites = {}
         for name, block in blocks.items():
             (_, c_in, h, w), (_, c_out, h_out, _) = shapes[block]
@@ -162,10 +164,10 @@ class TinyTL(Method):
 
     def apply(self, model: nn.Module, example_input: Tensor) -> None:
         lites = self.plan(model, example_input)
-        classifier = classifier_name(model, example_input)
+        classifier = classifier_name(model, example_input, conv_fallback=True)
         freeze(model, [""])
         if self.train_biases:
-            for name, conv in [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]:
+            for name, conv in [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n != classifier]:
                 conv.bias.requires_grad_(True)
                 replace_module(model, name, SparseConv2d.from_conv(conv, []))
         for name, lite in lites.items():

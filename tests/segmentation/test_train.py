@@ -96,6 +96,33 @@ def test_calibration_trains_classifiers_and_bn_statistics(deeplab, fmnist_root):
     assert not torch.equal(runner.model.state_dict()[f"{bn}.running_mean"], start[f"{bn}.running_mean"])
 
 
+@pytest.mark.parametrize("method, tag", [("sparse_update", "sparse-b8-w2-r0.5"), ("tinytl", "tinytl")])
+def test_sparse_update_and_tinytl_fold_bn_after_loading_and_keep_frozen_weights(deeplab, fmnist_root, method, tag):
+    """fuse_bn = True: the base checkpoint is loaded before folding, so frozen convs hold exactly the
+    folded weights of that checkpoint after training; the method swaps in SparseConv2d layers."""
+    from mmengine.runner import load_checkpoint
+    from mmseg.registry import MODELS
+
+    from gradfilt.fuse import fuse_bn
+    from gradfilt.sparse import SparseConv2d
+
+    tmp, base, _ = deeplab
+    start = tmp / "vanilla" / "iter_3.pth"
+    runner = _train(f"{DEEPLAB}_{method}", fmnist_root, tmp, method, iters=2, load_from=start)
+    assert runner.method.tag == tag
+    sparse = {n: m for n, m in runner.model.named_modules() if isinstance(m, SparseConv2d)}
+    assert sparse and not any(isinstance(m, torch.nn.BatchNorm2d) for m in runner.model.modules())
+    plain = MODELS.build(base.cfg.model).eval()
+    load_checkpoint(plain, str(start), map_location="cpu")
+    fuse_bn(plain, torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    reference = plain.state_dict()
+    for name, module in sparse.items():
+        if not module.channels.numel():  # bias only: the weight is the checkpoint's, folded, untouched
+            key = name.replace(".block.", ".") + ".weight"
+            assert torch.equal(module.weight.detach(), reference[key]), name
+    assert np.isfinite(runner.message_hub.get_scalar("train/loss").current())
+
+
 def test_upernet_filter5l_trains(fmnist_root, tmp_path):
     runner = _train(f"{UPERNET}_filter5l", fmnist_root, tmp_path, "upernet", iters=2)
     filtered = {n: m.patch_size for n, m in runner.model.named_modules() if isinstance(m, FilteredConv2d)}

@@ -1,0 +1,3 @@
+# TinyTL from the base run's checkpoint (pass --cfg-options load_from=...).
+_base_ = ['./deeplabv3_r18-d8_1xb8-300_fmnistseg-64x64.py', '../_base_/methods/tinytl.py']
+model = dict(auxiliary_head=None)  # trained only through the decode head's loss
