@@ -2,13 +2,15 @@
 
     python -m latency [--device cpu|cuda] [--batch 32] [--cases table10|resnet18|mobilenet_v2|FILE ...]
                       [--patch-sizes 2 4] [--repeats N] [--min-time S] [--malloc default|heap] [--out DIR]
-    python -m latency --mode step [--archs mobilenet_v2 resnet18] [--layers 2 4] [--methods A.yaml B.yaml ...]
+    python -m latency --mode step [--archs mobilenet_v2 resnet18] [--layers 2 4] [--methods A.yaml B.yaml ...] [--fuse-bn]
     python -m latency --mode parts [--cases table10 ...] [--patch-sizes 2 4] [--repeats N] [--min-time S] [--malloc ...]
 
 A FILE case list is a CSV with columns name,c_in,c_out,h,w[,kernel,stride,padding,dilation,groups].
 ``--mode step`` sets the network up with each method config (the classification YAML files,
-default ``configs/classification/methods/{vanilla,r2,r4}.yaml``) at each ``--layers`` N and
-compares every row with the first method's.
+default ``configs/classification/methods/{vanilla,r2,r4}.yaml``) at each ``--layers`` N (methods
+without ``layers``, such as sparse update and TinyTL, as configured) and compares every row with
+the first method's; each row also has the method's backward FLOPs (cost model) and the bytes
+autograd kept in one step. ``--fuse-bn`` folds BatchNorm first (sparse update and TinyTL need it).
 Writes ``conv.csv`` / ``step.csv`` / ``parts.csv`` and ``conv.png`` (speedup and normalized memory
 per case and patch size, like the paper's Figure 6) to ``--out`` and prints a Markdown summary.
 ``--mode parts`` times each step of the filtered backward alone next to the whole op (ungrouped
@@ -34,7 +36,7 @@ from .bench import (PARTS, ConvCase, bench_case, bench_parts, bench_steps, keep_
                     model_cases, parts_supported, table10_cases, write_csv)
 
 METHODS_DIR = Path(__file__).resolve().parents[1] / "configs" / "classification" / "methods"
-DEFAULT_METHODS = [METHODS_DIR / f"{name}.yaml" for name in ("vanilla", "r2", "r4", "sparse_update", "tinytl")]
+DEFAULT_METHODS = [METHODS_DIR / f"{name}.yaml" for name in ("vanilla", "r2", "r4")]
 
 CASE_SETS = {"table10": table10_cases, "resnet18": lambda: model_cases("resnet18"),
              "mobilenet_v2": lambda: model_cases("mobilenet_v2")}
@@ -153,6 +155,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--methods", type=Path, nargs="+", default=DEFAULT_METHODS, metavar="YAML",
                         help="--mode step: method configs (classification YAML); the first is the baseline")
     parser.add_argument("--image-size", type=int, default=224, help="--mode step input size")
+    parser.add_argument("--fuse-bn", action="store_true",
+                        help="--mode step: fold BatchNorm into the convs before each method is applied, as the "
+                             "fine-tuning recipes do (needed by sparse_update.yaml and tinytl.yaml)")
     parser.add_argument("--out", type=Path, default=Path("runs/latency"))
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -179,7 +184,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(str(err))
         jobs = [(a, n) for a in args.archs for n in args.layers]
         rows = [row for a, n in tqdm(jobs, desc="steps")
-                for row in bench_steps(a, n, methods, args.batch, args.image_size, device, args.repeats)]
+                for row in bench_steps(a, n, methods, args.batch, args.image_size, device, args.repeats,
+                                       args.fuse_bn)]
         rows = [row | {"malloc": args.malloc} for row in rows]
         write_csv(rows, args.out / "step.csv")
         print(step_markdown(rows))

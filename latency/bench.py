@@ -389,7 +389,7 @@ def with_layers(config: dict, layers: Optional[int]) -> dict:
 
 
 def bench_steps(arch: str, layers: Optional[int], methods: Sequence[dict], batch: int, image_size: int,
-                device: torch.device, repeats: int, fuse: bool = True) -> list[dict]:
+                device: torch.device, repeats: int, fuse: bool = False) -> list[dict]:
     """Median milliseconds of one fine-tuning step per method, split into forward / backward / SGD step,
     with the method's backward FLOPs (cost model) and the bytes autograd really kept in one step.
 
@@ -405,7 +405,7 @@ def bench_steps(arch: str, layers: Optional[int], methods: Sequence[dict], batch
         device: where to run.
         repeats: timed steps of each set-up.
         fuse: fold BatchNorm into the convs before the method is applied, as the fine-tuning recipes
-            do (sparse update and TinyTL train the folded biases).
+            do (sparse update and TinyTL need it: they train the folded biases).
     """
     images = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(device)
     labels = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(1)).to(device)

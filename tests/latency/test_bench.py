@@ -115,7 +115,7 @@ def test_step_mode_splits_the_step(tmp_path, capsys):
         assert row["step_ms"] == pytest.approx(row["forward_ms"] + row["backward_ms"] + row["sgd_ms"])
     configs = REPO / "configs" / "classification" / "methods"
     assert main(["--mode", "step", "--archs", "mobilenet_v2", "--layers", "2", "--methods", str(configs / "r4.yaml"),
-                 str(configs / "sparse_update.yaml"), str(configs / "tinytl.yaml"), "--batch", "2",
+                 str(configs / "sparse_update.yaml"), str(configs / "tinytl.yaml"), "--fuse-bn", "--batch", "2",
                  "--image-size", "64", "--repeats", "1", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "| mobilenet_v2 | 2 | R4-2L |" in out and "| sparse-b8-w2-r0.5 |" in out and "| tinytl |" in out
@@ -124,7 +124,8 @@ def test_step_mode_splits_the_step(tmp_path, capsys):
 def test_step_mode_costs_each_set_up_as_training_would():
     methods = [{"type": "vanilla"}, {"type": "sparse_update", "n_bias_update": 4, "n_weight_update": 2,
                                       "weight_update_ratio": 0.5}, {"type": "tinytl"}]
-    rows = bench_steps("mobilenet_v2", 2, methods, batch=2, image_size=64, device=torch.device("cpu"), repeats=1)
+    rows = bench_steps("mobilenet_v2", 2, methods, batch=2, image_size=64, device=torch.device("cpu"), repeats=1,
+                       fuse=True)
     for config, row in zip(methods, rows):
         model = build_model("mobilenet_v2", 1000).eval()
         fuse_bn(model, torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
