@@ -70,30 +70,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         write_atomically(Path(path), lambda f: torch.save(checkpoint, f))
 
 
-def _try_lock(lock: Path) -> Optional[int]:
-    """An fd holding the exclusive lock of ``lock``, or None when a live process holds it."""
+def _live(version: Path) -> bool:
+    """Whether a running process holds ``version/.lock`` (a dead holder's lock is free)."""
     try:
-        fd = os.open(lock, os.O_RDWR)
+        fd = os.open(version / LOCK_NAME, os.O_RDWR)
     except FileNotFoundError:
-        return None
+        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def _live(version: Path) -> bool:
-    """Whether a running process holds ``version/.lock``."""
-    lock = version / LOCK_NAME
-    if not lock.exists():
         return False
-    fd = _try_lock(lock)
-    if fd is None:
-        return lock.exists()  # held by a live run (or removed by one that just finished)
-    os.close(fd)
-    return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def sweep(folder: Path) -> list[Path]:

@@ -70,8 +70,8 @@ from .freeze import freeze
 from .fuse import fuse_bn
 from .functional import axis_modes, check_patch_size
 from .install import install_filters
-from .sparse import SparseConv2d
 from .models import ARCHS, build_model
+from .sparse import SparseConv2d
 from .trace import LayerCall, trace_layers
 
 __all__ = ["LayerCost", "CostReport", "conv_cost", "linear_cost", "estimate", "estimate_configured", "measure",

@@ -15,9 +15,9 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .paths import resolve
-from .trace import trace_layers
+from .trace import LayerCall, trace_layers
 
-__all__ = ["freeze", "check_freeze", "keep_bn_eval", "last_convs", "classifier_name"]
+__all__ = ["freeze", "check_freeze", "keep_bn_eval", "last_convs", "classifier_name", "classifier_of"]
 
 _EVAL_HOOK = "_gradfilt_keep_eval"
 
@@ -157,10 +157,14 @@ def classifier_name(model: nn.Module, example_input: Optional[Tensor] = None,
         conv_fallback: a network that runs no ``nn.Linear`` (a segmentor) gives its last conv
             instead (the decode head's 1x1 classifier conv).
     """
-    calls = trace_layers(model, example_input, input_size)
+    return classifier_of(trace_layers(model, example_input, input_size), conv_fallback, type(model).__name__)
+
+
+def classifier_of(calls: Sequence[LayerCall], conv_fallback: bool = False, model_name: str = "the model") -> str:
+    """:func:`classifier_name` from the calls of a trace already made (:func:`gradfilt.trace.trace_layers`)."""
     linears = [c.name for c in calls if isinstance(c.module, nn.Linear)]
     if not linears and conv_fallback:
         linears = [c.name for c in calls if isinstance(c.module, nn.Conv2d)]
     if not linears:
-        raise ValueError(f"{type(model).__name__} runs no nn.Linear classifier")
+        raise ValueError(f"{model_name} runs no nn.Linear classifier")
     return linears[-1]

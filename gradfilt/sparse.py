@@ -34,6 +34,18 @@ def _depthwise(conv: nn.Conv2d) -> bool:
     return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
 
 
+def _channel_dim(groups: int) -> int:
+    """The weight dimension channels are selected along: input channels (1), output channels (0) when depthwise."""
+    return 0 if groups > 1 else 1
+
+
+def _merged(frozen: Tensor, update: Tensor, channels: Tensor, groups: int) -> Tensor:
+    """The whole weight: ``frozen`` with its selected ``channels`` replaced by ``update``."""
+    if not channels.numel():
+        return frozen
+    return frozen.index_copy(_channel_dim(groups), channels, update.to(frozen.dtype))
+
+
 def select_channels(weight: Tensor, groups: int, count: int, criterion: str = "magnitude+",
                     generator: Optional[torch.Generator] = None) -> Tensor:
     """The channels whose weights train: input channels of a dense conv, output channels of a depthwise one.
@@ -51,7 +63,7 @@ def select_channels(weight: Tensor, groups: int, count: int, criterion: str = "m
     """
     if criterion not in CRITERIA:
         raise ValueError(f"unknown channel selection criterion {criterion!r}; valid: {list(CRITERIA)}")
-    dim = 0 if groups > 1 else 1
+    dim = _channel_dim(groups)
     channels = weight.shape[dim]
     if not 0 <= count <= channels:
         raise ValueError(f"cannot select {count} of {channels} channels")
@@ -66,9 +78,8 @@ def select_channels(weight: Tensor, groups: int, count: int, criterion: str = "m
 class _SparseConv2dFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, frozen, update, bias, channels, stride, padding, dilation, groups):
-        dim = 0 if groups > 1 else 1
-        weight = frozen.index_copy(dim, channels, update.to(frozen.dtype)) if channels.numel() else frozen
-        ctx.conf = (stride, padding, dilation, groups, dim, x.shape, x.dtype, bias is not None)
+        weight = _merged(frozen, update, channels, groups)
+        ctx.conf = (stride, padding, dilation, groups, x.shape, x.dtype, bias is not None)
         train_update = ctx.needs_input_grad[2] and channels.numel() > 0
         x_kept = x.index_select(1, channels) if train_update else None  # only the trained channels' inputs
         ctx.channels = channels  # an index buffer of the module, not an activation
@@ -78,12 +89,12 @@ class _SparseConv2dFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
-        stride, padding, dilation, groups, dim, x_shape, x_dtype, has_bias = ctx.conf
+        stride, padding, dilation, groups, x_shape, x_dtype, has_bias = ctx.conf
         x_kept, frozen, update = ctx.saved_tensors
         channels = ctx.channels
         grad_x = grad_update = grad_bias = None
         if ctx.needs_input_grad[0]:
-            weight = frozen.index_copy(dim, channels, update.to(frozen.dtype)) if channels.numel() else frozen
+            weight = _merged(frozen, update, channels, groups)
             grad_x = conv2d_input(x_shape, weight.to(grad_y.dtype), grad_y, stride, padding, dilation, groups)
             grad_x = grad_x.to(x_dtype)
         if ctx.needs_input_grad[2] and channels.numel():
@@ -133,14 +144,11 @@ class SparseConv2d(nn.Conv2d):
 
     @property
     def _dim(self) -> int:
-        return 0 if self.groups > 1 else 1
+        return _channel_dim(self.groups)
 
     def merged_weight(self) -> Tensor:
         """The conv's whole current weight (trained channels included), detached."""
-        with torch.no_grad():
-            if not self.channels.numel():
-                return self.weight.detach().clone()
-            return self.weight.index_copy(self._dim, self.channels, self.weight_update.to(self.weight.dtype))
+        return _merged(self.weight, self.weight_update, self.channels, self.groups).detach()
 
     def forward(self, input: Tensor) -> Tensor:
         return sparse_conv2d(input, self.weight, self.weight_update, self.bias, self.channels, self.stride,

@@ -33,7 +33,7 @@ from typing import Any, Literal, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..freeze import classifier_name, freeze
+from ..freeze import classifier_of, freeze
 from ..functional import check_patch_size
 from ..install import FilterSpec, plan_filters, swap_filters
 from ..paths import replace_module, resolve
@@ -120,15 +120,22 @@ class SparseUpdate(Method):
         return list(range(n_convs - n, n_convs))
 
     def plan(self, model: nn.Module, example_input: Tensor) -> dict[str, dict[str, Any]]:
-        """What trains, per conv, without changing the model: ``{name: {index, bias, channels, of, filter}}``
-        (``channels``: the selected channel indices, None = the whole weight, [] = bias only).
+        """What trains, per conv, without changing the model: ``{name: {index, channels, of, filter}}``
+        (the bias always; ``channels``: the selected channel indices, None = the whole weight, [] = bias
+        only; the classifier, which trains whole, is not listed).
 
         Args:
             model: the network.
             example_input: one input batch, for tracing.
         """
+        return self._plan(model, example_input)[0]
+
+    def _plan(self, model: nn.Module, example_input: Tensor):
+        """(plan, the filtered convs built, the classifier's name or None), from one traced forward pass."""
+        calls = trace_layers(model, example_input)
+        classifier = classifier_of(calls, conv_fallback=True) if self.train_classifier else None
         order = []
-        for call in trace_layers(model, example_input):
+        for call in calls:
             if isinstance(call.module, nn.Conv2d) and call.name not in order:
                 order.append(call.name)
         n = len(order)
@@ -155,7 +162,7 @@ class SparseUpdate(Method):
             if conv.bias is None:
                 raise ValueError(f"conv {i} ({name}) has no bias to update; fold BatchNorm into the convs first "
                                  f"(classification: model.fuse_bn true)")
-            plan[name] = {"index": i, "bias": True, "channels": [], "of": None, "filter": None}
+            plan[name] = {"index": i, "channels": [], "of": None, "filter": None}
         for i, ratio in zip(weight_idx, ratios):
             name = order[i]
             conv = resolve(model, name)
@@ -171,22 +178,19 @@ class SparseUpdate(Method):
             channels = None if full else select_channels(conv.weight, conv.groups, count,
                                                          self.weight_select_criteria, generator).tolist()
             plan[name].update(channels=channels, of=total, filter=self.patch_size if full else None)
+        plan.pop(classifier, None)  # it trains whole: no sparse swap for it
         swapped = [name for name, p in plan.items() if p["channels"] is not None or p["filter"] is not None]
         bad = [name for name in swapped if type(resolve(model, name)) is not nn.Conv2d]
         if bad:
             raise TypeError(f"sparse update swaps plain torch.nn.Conv2d layers only; {bad} are "
                             f"{[type(resolve(model, b)).__name__ for b in bad]}")
-        filters = [FilterSpec(name, p["filter"], "conv") for name, p in plan.items() if p["filter"] is not None]
-        plan_filters(model, filters)  # checks the patch sizes against strides and dilations
-        if self.train_classifier:  # it trains whole: no sparse swap for it
-            plan.pop(classifier_name(model, example_input, conv_fallback=True), None)
-        return plan
-
-    def apply(self, model: nn.Module, example_input: Tensor) -> None:
-        plan = self.plan(model, example_input)
-        classifier = classifier_name(model, example_input, conv_fallback=True) if self.train_classifier else None
+        # checks the patch sizes against strides and dilations, and builds the filtered convs
         filters = plan_filters(model, [FilterSpec(n, p["filter"], "conv") for n, p in plan.items()
                                        if p["filter"] is not None])
+        return plan, filters, classifier
+
+    def apply(self, model: nn.Module, example_input: Tensor) -> None:
+        plan, filters, classifier = self._plan(model, example_input)
         freeze(model, [""])
         for name, p in plan.items():
             conv = resolve(model, name)

@@ -34,7 +34,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..freeze import classifier_name, freeze
+from ..freeze import classifier_of, freeze
 from ..paths import replace_module, resolve
 from ..sparse import SparseConv2d
 from ..trace import trace_layers
@@ -125,14 +125,19 @@ class TinyTL(Method):
 
     def plan(self, model: nn.Module, example_input: Tensor) -> dict[str, LiteResidual]:
         """The lite residual of every block (built, not attached) and the checks, without changing the model."""
+        return self._plan(model, example_input)[0]
+
+    def _plan(self, model: nn.Module, example_input: Tensor) -> tuple[dict[str, LiteResidual], str]:
+        """(lite residuals, the classifier's name), from one traced forward pass."""
         shapes: dict[nn.Module, tuple] = {}
         handles = [m.register_forward_hook(lambda m, a, out: shapes.__setitem__(m, (a[0].shape, out.shape)))
                    for m in model.modules() if type(m).__name__ in BLOCK_TYPES]
         try:
-            trace_layers(model, example_input)
+            calls = trace_layers(model, example_input)
         finally:
             for h in handles:
                 h.remove()
+        classifier = classifier_of(calls, conv_fallback=True, model_name=type(model).__name__)
         blocks = {name: m for name, m in model.named_modules() if m in shapes}
         if not blocks:
             raise ValueError(f"tinytl adds lite residuals beside blocks of types {list(BLOCK_TYPES)}; "
@@ -141,7 +146,6 @@ class TinyTL(Method):
         if nested:
             raise ValueError(f"tinytl: blocks inside blocks are ambiguous: {nested}")
         if self.train_biases:
-            classifier = classifier_name(model, example_input, conv_fallback=True)
             missing = [n for n, m in model.named_modules()
                        if isinstance(m, nn.Conv2d) and m.bias is None and n != classifier]
             if missing:
@@ -160,11 +164,10 @@ class TinyTL(Method):
             lite = LiteResidual(c_in, c_out, stride, self.kernel, self.groups, self.expand, down)
             param = next(block.parameters())
             lites[name] = lite.to(device=param.device, dtype=param.dtype)
-        return lites
+        return lites, classifier
 
     def apply(self, model: nn.Module, example_input: Tensor) -> None:
-        lites = self.plan(model, example_input)
-        classifier = classifier_name(model, example_input, conv_fallback=True)
+        lites, classifier = self._plan(model, example_input)
         freeze(model, [""])
         if self.train_biases:
             for name, conv in [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n != classifier]:
