@@ -105,7 +105,11 @@ class ClassificationCLI(LightningCLI):
             kwargs["default_root_dir"] = str(folder)  # what Lightning writes without a logger stays in the run folder
         if not trainer_cfg.get("plugins"):
             kwargs["plugins"] = [AtomicCheckpointIO()]  # no torn checkpoint after a kill
-        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except BaseException:  # e.g. a bad trainer option: give the reserved version back
+            self._end_version(failed=True)
+            raise
         if not trainer.fast_dev_run:  # a smoke run never replaces the stage's exported checkpoint
             trainer.callbacks.append(ExportBest(str(folder / "best.ckpt")))
         return trainer
@@ -128,25 +132,27 @@ class ClassificationCLI(LightningCLI):
         return n
 
     def _run_subcommand(self, subcommand: str) -> None:
+        failed = True
         try:
             super()._run_subcommand(subcommand)
-        except BaseException:
-            self._remove_unused_version()
-            raise
+            failed = False
         finally:
-            os.environ.pop(_VERSION_ENV, None)
-            if self._reserved is not None and self._lock is not None:
-                release_version(self._reserved, self._lock)
-                self._lock = None
+            self._end_version(failed)
 
-    def _remove_unused_version(self) -> None:
-        """A run that failed before saving any checkpoint leaves no version folder (nor an empty run folder)."""
+    def _end_version(self, failed: bool) -> None:
+        """Release the reserved version (lock, ``GRADFILT_RUN_VERSION``); a run that failed before saving
+        any checkpoint leaves no version folder behind (nor an empty run folder)."""
+        os.environ.pop(_VERSION_ENV, None)
         version = self._reserved
-        if version is None or not version.is_dir() or any(version.glob("checkpoints/*.ckpt")):
+        if version is None:
             return
-        shutil.rmtree(version)
-        if not any(version.parent.iterdir()):
-            version.parent.rmdir()
+        if self._lock is not None:
+            release_version(version, self._lock)
+            self._lock = None
+        if failed and version.is_dir() and not any(version.glob("checkpoints/*.ckpt")):
+            shutil.rmtree(version)
+            if not any(version.parent.iterdir()):
+                version.parent.rmdir()
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)

@@ -250,6 +250,10 @@ def test_fits_started_together_get_their_own_versions_and_a_failed_start_leaves_
         main(["fit", *args, "--ckpt_path", str(tmp / "missing.ckpt")])  # a failed resume
     assert sorted(p.name for p in folder.glob("version_*")) == versions  # no half-made version_2
     assert os.environ.get("GRADFILT_RUN_VERSION") is None
+    with pytest.raises(Exception, match="bogus"):
+        main(["fit", *args, "--trainer.strategy", "bogus"])  # the Trainer itself cannot be built
+    assert sorted(p.name for p in folder.glob("version_*")) == versions
+    assert os.environ.get("GRADFILT_RUN_VERSION") is None  # later runs in this process reserve their own
 
 
 @pytest.mark.parametrize("method, tag", [("sparse_update", "sparse-b8-w2-r0.5"), ("tinytl", "tinytl")])
