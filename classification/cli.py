@@ -30,7 +30,7 @@ from jsonargparse import Namespace
 from gradfilt.cost import measure, print_report
 
 from .data import ClassificationData, num_classes_of
-from .module import ClassificationModule, method_of
+from .module import ClassificationModule, calibration_batches, method_of
 from .rundir import (AtomicCheckpointIO, last_checkpoint, release_version, reserve_version, run_dir,
                      sweep, write_atomically)
 
@@ -215,12 +215,21 @@ def resolve_config(args: Sequence[str]) -> Namespace:
 
 def configured_model(config: Namespace) -> ClassificationModule:
     """The module of a resolved config, set up as training would set it up (fused BN, filters,
-    freezing) but with random weights: ``weights`` and ``init_from`` change no shape or cost.
+    freezing) but with random weights: ``weights`` and ``init_from`` change no shape or cost. A method
+    that calibrates (and so chooses its layers from the weights and the data) gets the configured
+    weights and its batches from the configured data, as ``fit`` would give them.
 
     Args:
         config: the result of :func:`resolve_config`.
     """
-    return ClassificationModule(**{**config.model.as_dict(), "weights": None, "init_from": None})
+    model_args = config.model.as_dict()
+    module = ClassificationModule(**{**model_args, "weights": None, "init_from": None})
+    if module.needs_calibration:
+        module = ClassificationModule(**model_args)
+        data = ClassificationData(**config.data.as_dict())
+        data.setup("fit")
+        module.set_up_method(calibration_batches(data.train_dataloader(), module.method.calibration_batches))
+    return module
 
 
 def cost_main(argv: Sequence[str]) -> dict:

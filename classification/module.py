@@ -7,7 +7,10 @@ or importable Method subclass works without a change here. Set-up order: build, 
 (``weights: imagenet`` or ``init_from`` an earlier stage's checkpoint), fold BN (``fuse_bn``),
 then ``method.apply``. Parameters are never re-created after that, so the optimizer Lightning
 builds later sees exactly the trainable ones. Every training step calls the method's hooks:
-``select_samples`` before the forward pass, ``before_backward`` and ``after_backward``.
+``start_step`` first (with the optimizer), ``select_samples`` before the forward pass,
+``before_backward`` and ``after_backward``; the method's ``metrics`` are logged as ``Method/<key>``.
+A method that calibrates (``calibration_batches`` > 0) is set up in ``setup()`` instead, after
+``calibrate`` on that many batches of the data module's training set.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from typing import Literal, Optional
 from urllib.error import URLError
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_info
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision import models as tv
 
@@ -33,7 +38,7 @@ from gradfilt.methods import Method, Vanilla, build_method
 from gradfilt.models import TIMM_PREFIX, build_model, timm_pretrained
 from gradfilt.paths import replace_module
 
-__all__ = ["ClassificationModule", "imagenet_model", "method_of"]
+__all__ = ["ClassificationModule", "imagenet_model", "method_of", "calibration_batches"]
 
 
 def method_of(config: Optional[dict]) -> Method:
@@ -108,6 +113,25 @@ class _WarmupCosine:
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def calibration_batches(loader: DataLoader, count: int, seed: int = 0) -> list[tuple[Tensor, Tensor]]:
+    """``count`` batches of the loader's dataset, drawn in a seeded random order (no worker processes,
+    the run's random stream untouched), for a method's :meth:`~gradfilt.methods.Method.calibrate`.
+
+    Args:
+        loader: the training DataLoader (its dataset and batch size are used).
+        count: how many batches (fewer if the dataset is smaller).
+        seed: the draw's seed.
+    """
+    draw = DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=True,
+                      generator=torch.Generator().manual_seed(seed))
+    batches = []
+    for inputs, targets in draw:
+        batches.append((inputs, targets))
+        if len(batches) == count:
+            break
+    return batches
+
+
 class ClassificationModule(pl.LightningModule):
     """A network trained with one method.
 
@@ -158,17 +182,47 @@ class ClassificationModule(pl.LightningModule):
             _load_stage_checkpoint(model, init_from)
         if fuse_bn:
             fold_bn(model, torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)))
-        try:
-            self.method.apply(model, torch.zeros(1, 3, image_size, image_size))
-        except ValueError as err:
-            raise ValueError(f"model.method ({self.method.tag}) on {arch}: {err}") from None
-        if bn_eval:
-            keep_bn_eval(model)
         self.model = model
-        self.cost = self.method.cost(model, image_size)  # batch 1, the paper's columns
+        self.cost = None
+        if not self.needs_calibration:
+            self.set_up_method()
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    @property
+    def needs_calibration(self) -> bool:
+        """The method wants training batches before it is set up (and has not been set up yet)."""
+        return self.cost is None and self.method.calibration_batches > 0
+
+    def set_up_method(self, batches: Optional[list[tuple[Tensor, Tensor]]] = None) -> None:
+        """Set the method up on the network (after :meth:`Method.calibrate` on ``batches`` if it wants them).
+
+        Args:
+            batches: ``method.calibration_batches`` (inputs, targets) training batches, for a method that
+                calibrates; None otherwise.
+        """
+        hp = self.hparams
+        try:
+            if batches is not None:
+                self.method.calibrate(self.model, batches)
+            self.method.apply(self.model, torch.zeros(1, 3, hp.image_size, hp.image_size))
+        except ValueError as err:
+            raise ValueError(f"model.method ({self.method.tag}) on {hp.arch}: {err}") from None
+        if hp.bn_eval:
+            keep_bn_eval(self.model)
+        self.cost = self.method.cost(self.model, hp.image_size)  # batch 1, the paper's columns
+        summary = self.method.summary()
+        if summary:
+            rank_zero_info(f"{self.method.tag}:\n{summary}")
+
+    def setup(self, stage: str) -> None:
+        if self.needs_calibration:
+            data = getattr(self.trainer, "datamodule", None)
+            if data is None:
+                raise ValueError(f"model.method ({self.method.tag}) calibrates on training batches: run it with a "
+                                 f"data module (the data: section), not bare dataloaders")
+            self.set_up_method(calibration_batches(data.train_dataloader(), self.method.calibration_batches))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -205,6 +259,9 @@ class ClassificationModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Optional[Tensor]:
         self.log("Train/LR", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        self.method.start_step(self.model, self.optimizers(use_pl_optimizer=False), self.global_step)
+        for key, value in self.method.metrics().items():
+            self.log(f"Method/{key}", value, on_step=True, on_epoch=False)
         x, y = batch
         keep = self.method.select_samples(self.model, x, y, self.global_step)
         if keep is not None:

@@ -3,7 +3,8 @@
 Public API: the op (:class:`FilteredConv2d`, :func:`filtered_conv2d`), the partial-channel conv
 of sparse update and TinyTL (:class:`SparseConv2d`), the training methods
 (:mod:`gradfilt.methods`: :class:`Method`, :func:`register_method`, :func:`build_method`,
-:class:`Vanilla`, :class:`GradientFilter`, :class:`SparseUpdate`, :class:`TinyTL`), the
+:class:`Vanilla`, :class:`GradientFilter`, :class:`SparseUpdate`, :class:`TinyTL`,
+:class:`DynamicSparseUpdate`), the
 config-driven installer
 (:func:`install_filters`, :func:`register_filter_type`), freezing by dotted path
 (:func:`freeze`) and the paper's "#Layers" selection (:func:`last_convs`).
@@ -13,7 +14,7 @@ from .conv import FilteredConv2d
 from .freeze import classifier_name, freeze, last_convs
 from .functional import filtered_conv2d, patch_mean, patch_sum
 from .install import FILTER_TYPES, FilterSpec, install_filters, register_filter_type
-from .methods import METHODS, GradientFilter, Method, SparseUpdate, TinyTL, Vanilla, build_method, register_method
+from .methods import METHODS, DynamicSparseUpdate, GradientFilter, Method, SparseUpdate, TinyTL, Vanilla, build_method, register_method
 from .sparse import SparseConv2d, sparse_conv2d
 
 __all__ = [
@@ -38,4 +39,5 @@ __all__ = [
     "GradientFilter",
     "SparseUpdate",
     "TinyTL",
+    "DynamicSparseUpdate",
 ]

@@ -25,7 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.grad import conv2d_input, conv2d_weight
 
-__all__ = ["SparseConv2d", "sparse_conv2d", "select_channels", "CRITERIA"]
+from .paths import replace_module
+from .trace import trace_layers
+
+__all__ = ["SparseConv2d", "sparse_conv2d", "select_channels", "lean_frozen_convs", "CRITERIA"]
 
 CRITERIA = ("magnitude+", "magnitude-", "random")
 
@@ -150,6 +153,26 @@ class SparseConv2d(nn.Conv2d):
         """The conv's whole current weight (trained channels included), detached."""
         return _merged(self.weight, self.weight_update, self.channels, self.groups).detach()
 
+    @torch.no_grad()
+    def select(self, channels: Sequence[int]) -> None:
+        """Train ``channels`` from now on, as many as now (dynamic sparse update moves them every step).
+
+        The trained values go back into ``weight`` and ``weight_update`` takes the new channels'
+        values in place: it stays the same Parameter, so an optimizer built earlier keeps training it
+        (its per-element state, e.g. momentum, is the caller's to move along).
+
+        Args:
+            channels: the new channel indices (sorted here), ``channels.numel()`` of them.
+        """
+        new = torch.sort(torch.as_tensor(list(channels), dtype=torch.long, device=self.channels.device)).values
+        if new.numel() != self.channels.numel() or (new.numel() and not (
+                0 <= int(new[0]) and int(new[-1]) < self.weight.shape[self._dim] and bool((new.diff() > 0).all()))):
+            raise ValueError(f"select() takes {self.channels.numel()} distinct channels in "
+                             f"[0, {self.weight.shape[self._dim]}), got {new.tolist()}")
+        self.weight.index_copy_(self._dim, self.channels, self.weight_update.to(self.weight.dtype))
+        self.channels = new  # a new tensor: a graph built earlier keeps the channels it was built with
+        self.weight_update.copy_(self.weight.index_select(self._dim, new))
+
     def forward(self, input: Tensor) -> Tensor:
         return sparse_conv2d(input, self.weight, self.weight_update, self.bias, self.channels, self.stride,
                              self.padding, self.dilation, self.groups)
@@ -195,3 +218,25 @@ def _split_state(module: SparseConv2d, state: dict[str, Any], prefix: str, local
     weight = state.get(prefix + "weight")
     if weight is not None and prefix + "weight_update" not in state:
         state[prefix + "weight_update"] = weight.index_select(module._dim, module.channels.to(weight.device))
+
+
+def lean_frozen_convs(model: nn.Module, example_input: Tensor) -> list[str]:
+    """Make the frozen convs on the gradient path keep nothing for backward; returns their names.
+
+    A frozen conv between trained layers still computes grad_x, which needs only its weight, but
+    autograd's conv keeps its input too. Each plain dense or depthwise ``nn.Conv2d`` whose input
+    needs a gradient and whose parameters are all frozen becomes a :class:`SparseConv2d` with no
+    trained channels (the same Parameters, still frozen): same output, same grad_x, no input kept.
+
+    Args:
+        model: the network with its trainable parameters set (changed in place).
+        example_input: one input batch, for tracing.
+    """
+    lean = []
+    for call in trace_layers(model, example_input):
+        conv = call.module
+        if (call.grad_input and type(conv) is nn.Conv2d and (conv.groups == 1 or _depthwise(conv))
+                and not any(p.requires_grad for p in conv.parameters()) and call.name not in lean):
+            replace_module(model, call.name, SparseConv2d.from_conv(conv, []))
+            lean.append(call.name)
+    return lean

@@ -8,8 +8,8 @@
 A FILE case list is a CSV with columns name,c_in,c_out,h,w[,kernel,stride,padding,dilation,groups].
 ``--mode step`` sets the network up with each method config (the classification YAML files,
 default ``configs/classification/methods/{vanilla,r2,r4}.yaml``) at each ``--layers`` N (methods
-without ``layers``, such as sparse update and TinyTL, as configured) and compares every row with
-the first method's; each row also has the method's backward FLOPs (cost model) and the bytes
+without ``layers``, such as sparse update and TinyTL, as configured, once per arch with the first N)
+and compares every row with the first method's; each row also has the method's backward FLOPs (cost model) and the bytes
 autograd kept in one step. ``--fuse-bn`` folds BatchNorm first (sparse update and TinyTL need it).
 Writes ``conv.csv`` / ``step.csv`` / ``parts.csv`` and ``conv.png`` (speedup and normalized memory
 per case and patch size, like the paper's Figure 6) to ``--out`` and prints a Markdown summary.
@@ -33,7 +33,7 @@ from gradfilt import _native
 from gradfilt.cost import format_flops
 
 from .bench import (PARTS, ConvCase, bench_case, bench_parts, bench_steps, keep_freed_memory, method_config,
-                    model_cases, parts_supported, table10_cases, write_csv)
+                    model_cases, parts_supported, table10_cases, takes_layers, write_csv)
 
 METHODS_DIR = Path(__file__).resolve().parents[1] / "configs" / "classification" / "methods"
 DEFAULT_METHODS = [METHODS_DIR / f"{name}.yaml" for name in ("vanilla", "r2", "r4")]
@@ -76,6 +76,10 @@ def conv_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _ratio(x: float) -> str:
+    return f"{x:.1f}x" if x >= 1 else f"{x:.2f}x"
+
+
 def step_markdown(rows: list[dict]) -> str:
     """Markdown table of step rows, speedups against the first method's row of the same arch/layers."""
     lines = ["| arch | layers | method | forward ms | backward ms | SGD ms | step ms | step speedup | "
@@ -84,7 +88,7 @@ def step_markdown(rows: list[dict]) -> str:
         base = next(b for b in rows if b["arch"] == r["arch"] and b["set"] == r["set"])
         lines.append(f"| {r['arch']} | {r['layers']} | {r['method']} | {r['forward_ms']:.0f} | "
                      f"{r['backward_ms']:.1f} | {r['sgd_ms']:.1f} | {r['step_ms']:.0f} | "
-                     f"{base['step_ms'] / r['step_ms']:.2f}x | {base['backward_ms'] / r['backward_ms']:.1f}x | "
+                     f"{base['step_ms'] / r['step_ms']:.2f}x | {_ratio(base['backward_ms'] / r['backward_ms'])} | "
                      f"{format_flops(r['backward_flops'])} | {r['saved_bytes'] / 2**20:.2f} |")
     return "\n".join(lines)
 
@@ -182,9 +186,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             methods = [method_config(path) for path in args.methods]
         except ValueError as err:
             parser.error(str(err))
-        jobs = [(a, n) for a in args.archs for n in args.layers]
-        rows = [row for a, n in tqdm(jobs, desc="steps")
-                for row in bench_steps(a, n, methods, args.batch, args.image_size, device, args.repeats,
+        # a method without ``layers`` is the same set-up at every N: timed once per arch, with the first N
+        jobs = [(a, n, methods if n == args.layers[0] else [m for i, m in enumerate(methods)
+                                                            if i == 0 or takes_layers(m)])
+                for a in args.archs for n in args.layers]
+        rows = [row for a, n, these in tqdm(jobs, desc="steps")
+                for row in bench_steps(a, n, these, args.batch, args.image_size, device, args.repeats,
                                        args.fuse_bn)]
         rows = [row | {"malloc": args.malloc} for row in rows]
         write_csv(rows, args.out / "step.csv")

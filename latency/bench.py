@@ -25,12 +25,13 @@ from __future__ import annotations
 import csv
 import functools
 import inspect
+import itertools
 import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -377,11 +378,16 @@ def method_config(path: Path) -> dict:
     return data
 
 
+def takes_layers(config: dict) -> bool:
+    """Whether the method of ``config`` has a ``layers`` argument (sparse update and TinyTL do not)."""
+    name = config.get("class_path", config.get("type"))
+    return "layers" in inspect.signature(method_class(name)).parameters
+
+
 def with_layers(config: dict, layers: Optional[int]) -> dict:
     """``config`` with its ``layers`` argument set to ``layers`` (None, or a method without ``layers``
     such as sparse update or TinyTL: unchanged)."""
-    name = config.get("class_path", config.get("type"))
-    if layers is None or "layers" not in inspect.signature(method_class(name)).parameters:
+    if layers is None or not takes_layers(config):
         return config
     if "class_path" in config:
         return {**config, "init_args": {**(config.get("init_args") or {}), "layers": layers}}
@@ -420,6 +426,8 @@ def bench_steps(arch: str, layers: Optional[int], methods: Sequence[dict], batch
         model = build_model(arch, 1000)
         if fuse:
             fuse_bn(model.eval(), torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)))
+        if method.calibration_batches:  # random batches: the timing needs layers, not well-chosen ones
+            method.calibrate(model, [(images[:2].cpu(), labels[:2].cpu())] * method.calibration_batches)
         method.apply(model, torch.zeros(1, 3, image_size, image_size))
         model.to(device).train()
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
@@ -427,7 +435,8 @@ def bench_steps(arch: str, layers: Optional[int], methods: Sequence[dict], batch
         costs[method.tag] = (flops, measure(model, images)["total"])
         opt.zero_grad(set_to_none=True)
         parts[method.tag] = []
-        steps[method.tag] = functools.partial(_step, model, opt, images, labels, device, parts[method.tag])
+        steps[method.tag] = functools.partial(_step, model, method, opt, itertools.count(), images, labels, device,
+                                              parts[method.tag])
     time_rounds(steps, device, repeats, warmup=_WARMUP_STEPS)
     rows = []
     for method in built:
@@ -440,21 +449,28 @@ def bench_steps(arch: str, layers: Optional[int], methods: Sequence[dict], batch
     return rows
 
 
-def _step(model: nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-          device: torch.device, record: list[tuple[float, float, float]]) -> None:
-    """One SGD step; appends its (forward, backward, SGD) seconds to ``record``."""
+def _step(model: nn.Module, method, opt: torch.optim.Optimizer, counter: Iterator[int], images: torch.Tensor,
+          labels: torch.Tensor, device: torch.device, record: list[tuple[float, float, float]]) -> None:
+    """One SGD step with the method's ``start_step`` (timed as SGD: e.g. moving the trained channels) and
+    ``after_backward`` (timed as backward) hooks; appends its (forward, backward, SGD) seconds to ``record``."""
+    step = next(counter)
+    start = time.perf_counter()
+    method.start_step(model, opt, step)
+    _sync(device)
+    hooks = time.perf_counter() - start
     marks = [time.perf_counter()]
     loss = F.cross_entropy(model(images), labels)
     _sync(device)
     marks.append(time.perf_counter())
     loss.backward()
+    method.after_backward(model, step)
     _sync(device)
     marks.append(time.perf_counter())
     opt.step()
     opt.zero_grad(set_to_none=True)
     _sync(device)
     marks.append(time.perf_counter())
-    record.append((marks[1] - marks[0], marks[2] - marks[1], marks[3] - marks[2]))
+    record.append((marks[1] - marks[0], marks[2] - marks[1], marks[3] - marks[2] + hooks))
 
 
 def write_csv(rows: list[dict], path: Path) -> None:

@@ -17,7 +17,8 @@ and before anything else sees it: before the model is wrapped for distributed tr
 DistributedDataParallel registers exactly the trainable parameters), before checkpoint loading
 (``load_from`` fills the same Parameter objects), and before the optimizer is built. Every check
 runs before the first change. The method's ``before_backward`` / ``after_backward`` hooks run
-around each backward (through the optimizer wrapper); ``select_samples`` is refused for now.
+around each backward (through the optimizer wrapper); methods that select samples, move their
+trained parameters every step or calibrate on training batches are refused.
 
 Checkpoints survive a kill: each is written as ``<name>.part`` and renamed when complete, so a
 work dir only ever holds complete checkpoints. When the next run of a work dir starts,
@@ -82,9 +83,13 @@ def configured_method(cfg) -> Optional[Method]:
     accepted = inspect.signature(method_class(spec["type"])).parameters
     taken = {k: v for k, v in layer_list.items() if k in accepted and k not in spec}
     method = build_method({**taken, **spec})
-    if type(method).select_samples is not Method.select_samples:
-        raise ValueError(f"method {method.tag}: per-sample selection (select_samples) is not supported by the "
-                         f"segmentation runner")
+    unsupported = [what for what, missing in (
+        ("per-sample selection (select_samples)", type(method).select_samples is not Method.select_samples),
+        ("per-step parameter moves (start_step)", type(method).start_step is not Method.start_step),
+        ("calibration on training batches", method.calibration_batches > 0)) if missing]
+    if unsupported:
+        raise ValueError(f"method {method.tag}: {', '.join(unsupported)} is not supported by the segmentation "
+                         f"runner")
     return method
 
 

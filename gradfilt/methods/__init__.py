@@ -2,16 +2,19 @@
 
 Built in: ``vanilla`` (:class:`Vanilla`, exact BP on the chosen layers), ``gradient_filter``
 (:class:`GradientFilter`, the paper's method), ``sparse_update`` (:class:`SparseUpdate`,
-tiny-training's bias + partial-channel weight updates) and ``tinytl`` (:class:`TinyTL`, biases +
-lite residuals). Add one with :func:`register_method` in a module
+tiny-training's bias + partial-channel weight updates), ``tinytl`` (:class:`TinyTL`, biases +
+lite residuals) and ``dynamic_sparse`` (:class:`DynamicSparseUpdate`, channels that move every step
+within a memory budget). Add one with :func:`register_method` in a module
 of its own; :func:`build_method` turns a config (``{type: name, ...}`` or
 ``{class_path: ..., init_args: ...}``) into an instance.
 """
 
 from .base import METHODS, Method, build_method, method_class, register_method
+from .dynamic_sparse import DynamicSparseUpdate
 from .gradient_filter import GradientFilter
 from .sparse_update import SparseUpdate
 from .tinytl import TinyTL
 from .vanilla import Vanilla
 
-__all__ = ["Method", "METHODS", "register_method", "method_class", "build_method", "Vanilla", "GradientFilter", "SparseUpdate", "TinyTL"]
+__all__ = ["Method", "METHODS", "register_method", "method_class", "build_method", "Vanilla", "GradientFilter", "SparseUpdate", "TinyTL",
+           "DynamicSparseUpdate"]

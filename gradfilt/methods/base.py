@@ -6,7 +6,11 @@ so LightningCLI and mmengine configs can build it) that
 * sets itself up on a model in place with :meth:`Method.apply`: swaps layers (keeping the
   original Parameter objects), freezes, adds modules. Every check runs before the first change,
   so a bad configuration leaves the model exactly as it was;
+* may first look at a few labelled training batches, :meth:`calibrate`, before :meth:`apply`
+  (a method that wants them says how many in :attr:`Method.calibration_batches`; the training
+  loops supply them from the training set);
 * takes part in every training iteration through hooks whose defaults do nothing:
+  :meth:`start_step` (first, with the optimizer: a method may move which values train),
   :meth:`select_samples` (before the forward: which samples of the batch are trained on),
   :meth:`before_backward` (between forward and backward) and :meth:`after_backward`; each gets
   the optimizer step number;
@@ -60,6 +64,7 @@ class Method:
     """
 
     name: ClassVar[str] = ""
+    calibration_batches: int = 0  # labelled training batches calibrate() wants before apply(); 0: none
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "Method":
         self = super().__new__(cls)
@@ -89,7 +94,26 @@ class Method:
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement apply()")
 
+    def calibrate(self, model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]]) -> None:
+        """Look at ``calibration_batches`` labelled training batches before :meth:`apply` (default: nothing).
+
+        Args:
+            model: the network as :meth:`apply` will get it (weights loaded, BN folded); not changed.
+            batches: (inputs, class targets) pairs from the training set.
+        """
+
     # --- per-iteration hooks (no-ops by default) ----------------------------------------------
+    def start_step(self, model: nn.Module, optimizer, step: int) -> None:
+        """Called first in every training iteration, before :meth:`select_samples` and the forward pass.
+
+        Args:
+            model: the network being trained.
+            optimizer: the ``torch.optim.Optimizer`` training it (a method that moves values between
+                Parameters also moves their per-element state).
+            step: the optimizer step about to be taken (0-based; the same for every micro-batch of an
+                accumulated step).
+        """
+
     def select_samples(self, model: nn.Module, inputs: Tensor, targets: Tensor, step: int) -> Optional[Tensor]:
         """Which samples of a training batch the model is trained on, decided before its forward pass.
 
@@ -122,6 +146,14 @@ class Method:
         """
 
     # --- description --------------------------------------------------------------------------
+    def metrics(self) -> dict[str, float]:
+        """Scalars the training loop logs every step as ``Method/<key>`` (default: none)."""
+        return {}
+
+    def summary(self) -> str:
+        """What :meth:`apply` set up, for the run's log (default: nothing to add)."""
+        return ""
+
     @property
     def tag(self) -> str:
         """Short run-folder name, e.g. ``vanilla-2L``, ``R2-4L``."""

@@ -279,3 +279,29 @@ def test_sparse_update_and_tinytl_fine_tune_evaluate_and_keep_frozen_weights(run
     trained_state = model.model.state_dict()  # sparse convs show their merged weight
     for name, value in tested.model.model.state_dict().items():
         assert torch.equal(value, trained_state[name]), name  # the checkpoint reloads the trained model exactly
+
+
+def test_dynamic_sparse_update_calibrates_fine_tunes_and_costs(runs, fmnist_root, capsys):
+    from gradfilt.methods import Vanilla
+
+    tmp, _ = runs
+    pretrained = tmp / "runs" / "t" / "resnet18" / "fmnist" / "pretrain" / "best.ckpt"
+    args = _args(fmnist_root, tmp, "--model.init_from", str(pretrained), "--model.method.memory_budget", "2MB",
+                 configs=[CFG / "schedules" / "fmnist_finetune.yaml", CFG / "methods" / "dynamic_sparse.yaml"])
+    cli = main(["fit", *args])
+    module = cli.model
+    method = module.method
+    assert method.tag == "dyn-rotation-u0.02-2MB" and method.plan_ and method.importance_
+    assert module.cost.activation_bytes == method.memory()["activation"] and method.memory()["step"] <= 2 * 2**20
+    assert 0 < cli.trainer.callback_metrics["Method/Coverage"] <= 1
+    # only the chosen layers and the classifier moved, from the same start as any method
+    start = ClassificationModule(**{k: v for k, v in module.hparams.items() if not k.startswith("_")}
+                                 | {"method": Vanilla(layers=0)}).model.state_dict()
+    trained = module.model.state_dict()
+    changed = {k for k, v in trained.items() if not torch.equal(v, start[k])}
+    allowed = {f"{p['name']}.{w}" for p in method.plan_ for w in ("weight", "bias")} | {"fc.weight", "fc.bias"}
+    assert {f"{p['name']}.weight" for p in method.plan_} <= changed <= allowed
+    # cost: calibrated on the configured data and weights, as fit does: the same layers
+    assert main(["cost", *args, "--json"]) is None
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["method"] == method.tag and result["activation_bytes"] == module.cost.activation_bytes

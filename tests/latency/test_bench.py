@@ -114,16 +114,24 @@ def test_step_mode_splits_the_step(tmp_path, capsys):
     for row in rows:
         assert row["step_ms"] == pytest.approx(row["forward_ms"] + row["backward_ms"] + row["sgd_ms"])
     configs = REPO / "configs" / "classification" / "methods"
-    assert main(["--mode", "step", "--archs", "mobilenet_v2", "--layers", "2", "--methods", str(configs / "r4.yaml"),
-                 str(configs / "sparse_update.yaml"), str(configs / "tinytl.yaml"), "--fuse-bn", "--batch", "2",
-                 "--image-size", "64", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    dynamic = tmp_path / "dynamic.yaml"  # the benchmark's 1000-class head alone has 5 MB of gradients
+    dynamic.write_text((configs / "dynamic_sparse.yaml").read_text().replace("memory_budget: 256KB",
+                                                                              "memory_budget: 6MB"))
+    assert main(["--mode", "step", "--archs", "mobilenet_v2", "--layers", "2", "4", "--methods",
+                 str(configs / "r4.yaml"), str(configs / "sparse_update.yaml"), str(configs / "tinytl.yaml"),
+                 str(dynamic), "--fuse-bn", "--batch", "2", "--image-size", "64",
+                 "--repeats", "1", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "| mobilenet_v2 | 2 | R4-2L |" in out and "| sparse-b8-w2-r0.5 |" in out and "| tinytl |" in out
+    assert "| mobilenet_v2 | 2 | R4-2L |" in out and "| mobilenet_v2 | 4 | R4-4L |" in out
+    # the methods without layers are the same set-up at every N: one row each
+    assert out.count("| sparse-b8-w2-r0.5 |") == out.count("| tinytl |") == 1
+    assert out.count("| dyn-rotation-u0.02-6MB |") == 1
 
 
 def test_step_mode_costs_each_set_up_as_training_would():
     methods = [{"type": "vanilla"}, {"type": "sparse_update", "n_bias_update": 4, "n_weight_update": 2,
-                                      "weight_update_ratio": 0.5}, {"type": "tinytl"}]
+                                      "weight_update_ratio": 0.5}, {"type": "tinytl"},
+               {"type": "dynamic_sparse", "memory_budget": None, "manual_weight_idx": [49, 51]}]
     rows = bench_steps("mobilenet_v2", 2, methods, batch=2, image_size=64, device=torch.device("cpu"), repeats=1,
                        fuse=True)
     for config, row in zip(methods, rows):

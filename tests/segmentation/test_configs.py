@@ -71,3 +71,11 @@ def test_parallel_aspp_branches_on_a_frozen_backbone_compute_no_grad_x():
         f"decode_head.aspp_modules.{i}.conv" for i in range(4)]
     assert not any(layers[f"decode_head.aspp_modules.{i}.conv"].needs_grad_input for i in range(4))
     assert layers["decode_head.bottleneck.conv"].needs_grad_input  # it reads the trained branches' outputs
+
+
+def test_methods_the_runner_cannot_drive_are_refused_by_name():
+    cfg = load_config(str(CONFIGS / "voc12aug" / "fcn_r18-d8_1xb8-20k_voc12aug-512x512_vanilla5l.py"))
+    cfg.method = dict(type="dynamic_sparse", memory_budget="1MB")
+    with pytest.raises(ValueError, match=r"method dyn-rotation-u0.02-1MB: per-step parameter moves \(start_step\), "
+                                         r"calibration on training batches is not supported by the segmentation"):
+        configured_method(cfg)
