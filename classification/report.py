@@ -3,7 +3,9 @@
 Reads the TensorBoard event files and resolved ``config.yaml`` of every run under the given
 folders and prints the paper-style table (method, #layers, patch size, best validation
 accuracy, test accuracy when a test ran, backward FLOPs and activation memory from the cost
-model, and the bytes autograd really kept in one step of one image) as Markdown; writes it as
+model, the bytes autograd really kept in one step of one image, the trainable parameters and the
+*step memory*: the kept conv inputs plus one float32 gradient per trainable parameter, the
+quantity dynamic sparse update's budget bounds) as Markdown; writes it as
 CSV, and plots accuracy against backward FLOPs (log scale, like the paper's Figure 4) and
 against activation memory. A row is one model: a fit and the evaluations of its checkpoints.
 """
@@ -19,14 +21,14 @@ from typing import Optional, Sequence
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gradfilt.cost import format_bytes, format_flops
+from gradfilt.cost import FLOAT_BYTES, format_bytes, format_flops
 
 from .module import method_of
 
 __all__ = ["collect", "markdown", "write_csv", "plot", "main"]
 
 COLUMNS = ["table", "model", "dataset", "method", "layers", "patch_size", "val_acc", "test_acc", "test_ckpt",
-           "backward_flops", "activation_bytes", "measured_bytes", "run"]
+           "backward_flops", "activation_bytes", "measured_bytes", "trainable_params", "step_bytes", "run"]
 
 
 def _scalars(run: Path) -> dict[str, list[float]]:
@@ -98,6 +100,7 @@ def _row(key: Path, evals: list[Path], scalars: dict, configs: dict) -> dict:
     def best(tag: str) -> Optional[float]:
         return max(own[tag]) if own.get(tag) else None
 
+    memory, params = best("Cost/ActivationBytes"), best("Cost/TrainableParams")
     return {
         "table": cfg.get("table"),
         "model": model["arch"],
@@ -108,8 +111,11 @@ def _row(key: Path, evals: list[Path], scalars: dict, configs: dict) -> dict:
         "test_acc": tests[-1][1] if tests else None,
         "test_ckpt": configs[tests[-1][0]].get("ckpt_path") if tests else None,
         "backward_flops": best("Cost/BackwardFLOPs"),
-        "activation_bytes": best("Cost/ActivationBytes"),
+        "activation_bytes": memory,
         "measured_bytes": best("Cost/MeasuredBytes"),
+        "trainable_params": params,
+        # kept conv inputs + one float32 gradient per trainable parameter
+        "step_bytes": None if memory is None or params is None else memory + FLOAT_BYTES * params,
         "run": str(key),
     }
 
@@ -129,14 +135,16 @@ def _pct(value: Optional[float]) -> str:
 def markdown(rows: list[dict]) -> str:
     """The rows as a Markdown table (accuracies in %, FLOPs and bytes in the paper's units)."""
     lines = ["| model | dataset | method | #layers | patch | val acc % | test acc % | backward FLOPs | memory "
-             "| measured |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| measured | trainable | step memory |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         flops = "-" if r["backward_flops"] is None else format_flops(int(r["backward_flops"]))
-        mem, measured = ("-" if r[k] is None else format_bytes(int(r[k])) for k in ("activation_bytes",
-                                                                                   "measured_bytes"))
+        mem, measured, step = ("-" if r[k] is None else format_bytes(int(r[k]))
+                               for k in ("activation_bytes", "measured_bytes", "step_bytes"))
+        params = r["trainable_params"]
         lines.append(f"| {r['model']} | {r['dataset']} | {r['method']} | {r['layers']} | "
                      f"{r['patch_size'] if r['patch_size'] is not None else '-'} | {_pct(r['val_acc'])} | "
-                     f"{_pct(r['test_acc'])} | {flops} | {mem} | {measured} |")
+                     f"{_pct(r['test_acc'])} | {flops} | {mem} | {measured} | "
+                     f"{'-' if params is None else f'{int(params):,}'} | {step} |")
     tested = [r for r in rows if r["test_ckpt"]]
     if tested:
         lines += ["", "test acc % is of: " + "; ".join(f"{r['method']} {r['test_ckpt']}" for r in tested)]
@@ -152,20 +160,22 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Accuracy against backward FLOPs and against activation memory (log x, the cost model's numbers),
-    one series per model/dataset, points labelled by method."""
+    """Accuracy against backward FLOPs, activation memory and step memory (log x, the cost model's
+    numbers), one series per model/dataset, points labelled by method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(19, 4.8), sharey=True)
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         if r["val_acc"] is not None and r["backward_flops"]:
             groups.setdefault((r["model"], r["dataset"]), []).append(r)
     for ax, key, label in ((axes[0], "backward_flops", "backward FLOPs per image (cost model)"),
-                           (axes[1], "activation_bytes", "activation memory per image, bytes (cost model)")):
+                           (axes[1], "activation_bytes", "activation memory per image, bytes (cost model)"),
+                           (axes[2], "step_bytes", "step memory, bytes (activation memory + 4 B per trainable "
+                                                   "parameter)")):
         for (model, dataset), points in sorted(groups.items()):
             points = [p for p in points if p[key]]
             xs = [p[key] for p in points]

@@ -453,4 +453,5 @@ class DynamicSparseUpdate(Method):
         return f"dyn-{self.policy}-u{self.update_ratio:g}{budget}{custom}"
 
     def fields(self) -> dict[str, Any]:
-        return {"method": self.tag, "layers": len(self.plan_) or "-", "patch_size": "-"}
+        layers = len(self.plan_) or (len(self.manual_weight_idx) if self.manual_weight_idx else "by budget")
+        return {"method": self.tag, "layers": layers, "patch_size": "-"}
