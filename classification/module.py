@@ -8,8 +8,8 @@ or importable Method subclass works without a change here. Set-up order: build, 
 then ``method.apply``. Parameters are never re-created after that, so the optimizer Lightning
 builds later sees exactly the trainable ones. Every training step calls the method's hooks:
 ``start_step`` first (with the optimizer), ``select_samples`` before the forward pass,
-``before_backward`` and ``after_backward``; the method's ``metrics`` are logged as ``Method/<key>``.
-A method that calibrates (``calibration_batches`` > 0) is set up in ``setup()`` instead, after
+``after_forward`` with each kept sample's loss, ``before_backward`` and ``after_backward``; the
+method's ``metrics`` are logged as ``Method/<key>``. A method that calibrates (``calibration_batches`` > 0) is set up in ``setup()`` instead, after
 ``calibrate`` on that many batches of the data module's training set.
 """
 
@@ -250,7 +250,10 @@ class ClassificationModule(pl.LightningModule):
     def _step(self, batch: tuple[Tensor, Tensor], stage: str, acc: MulticlassAccuracy) -> Tensor:
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y)
+        losses = F.cross_entropy(logits, y, reduction="none")
+        loss = losses.mean()
+        if stage == "Train":
+            self.method.after_forward(self.model, losses.detach(), self.global_step)
         acc(logits, y)
         on_step = stage == "Train"
         self.log(f"{stage}/Loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y))

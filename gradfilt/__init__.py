@@ -4,7 +4,8 @@ Public API: the op (:class:`FilteredConv2d`, :func:`filtered_conv2d`), the parti
 of sparse update and TinyTL (:class:`SparseConv2d`), the training methods
 (:mod:`gradfilt.methods`: :class:`Method`, :func:`register_method`, :func:`build_method`,
 :class:`Vanilla`, :class:`GradientFilter`, :class:`SparseUpdate`, :class:`TinyTL`,
-:class:`DynamicSparseUpdate`), the
+:class:`DynamicSparseUpdate`, :class:`ErrorMapPruning` with its conv :class:`PrunedConv2d`,
+:class:`EarlyInstanceFilter`), the
 config-driven installer
 (:func:`install_filters`, :func:`register_filter_type`), freezing by dotted path
 (:func:`freeze`) and the paper's "#Layers" selection (:func:`last_convs`).
@@ -14,7 +15,8 @@ from .conv import FilteredConv2d
 from .freeze import classifier_name, freeze, last_convs
 from .functional import filtered_conv2d, patch_mean, patch_sum
 from .install import FILTER_TYPES, FilterSpec, install_filters, register_filter_type
-from .methods import METHODS, DynamicSparseUpdate, GradientFilter, Method, SparseUpdate, TinyTL, Vanilla, build_method, register_method
+from .methods import METHODS, DynamicSparseUpdate, EarlyInstanceFilter, ErrorMapPruning, GradientFilter, Method, SparseUpdate, TinyTL, Vanilla, build_method, register_method
+from .emp import PrunedConv2d
 from .sparse import SparseConv2d, sparse_conv2d
 
 __all__ = [
@@ -40,4 +42,7 @@ __all__ = [
     "SparseUpdate",
     "TinyTL",
     "DynamicSparseUpdate",
+    "ErrorMapPruning",
+    "EarlyInstanceFilter",
+    "PrunedConv2d",
 ]

@@ -37,6 +37,10 @@ Conventions (docs/paper.md "Cost columns"), per image, float32 (4 bytes), KB = 1
   update; layer type ``conv-sparse``) keeps those n input channels, n*H_in*W_in values, and its
   weight gradient costs (k^2 + 1)*Co*n*HW ((k^2 + 1)*n*HW for a depthwise conv, whose n are
   output channels); with no channels it is a bias-only layer (``conv-bias``).
+* A :class:`~gradfilt.emp.PrunedConv2d` (error-map pruning; layer type ``conv-emp``) costs the
+  backward above on its ceil(alpha * C_out) kept output channels plus scoring them once per step
+  (C_out * (C_in/g * k^2 + B * H_out * W_out) + 3 * C_out additions); it keeps what the unpruned
+  layer keeps (x, or x~ when it filters): any channel may be kept.
 * Trainable normalization parameters (BatchNorm, GroupNorm, ...) are outside this convention
   (it counts conv inputs and conv / linear FLOPs); the report lists those layers in
   ``uncounted`` instead of leaving them out silently, and :func:`measure` sees their bytes.
@@ -57,7 +61,7 @@ import argparse
 import copy
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Mapping, Optional, Sequence, Union
 
 import torch
@@ -66,6 +70,7 @@ from torch.autograd.graph import saved_tensors_hooks
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .conv import FilteredConv2d
+from .emp import PrunedConv2d
 from .freeze import freeze
 from .fuse import fuse_bn
 from .functional import axis_modes, check_patch_size
@@ -74,7 +79,7 @@ from .models import ARCHS, build_model
 from .sparse import SparseConv2d
 from .trace import LayerCall, trace_layers
 
-__all__ = ["LayerCost", "CostReport", "conv_cost", "linear_cost", "estimate", "estimate_configured", "measure",
+__all__ = ["LayerCost", "CostReport", "conv_cost", "pruned_conv_cost", "linear_cost", "estimate", "estimate_configured", "measure",
            "print_report", "format_flops", "format_bytes", "main"]
 
 FLOAT_BYTES = 4
@@ -154,6 +159,28 @@ def conv_cost(call: LayerCall, patch_size: Optional[int], grad_input: bool, batc
         flops += batch * phases * c_in * patches * (2 * c_out_g * kept - 1)
         flops += c_out * c_in_g * (taps - phases * kept)  # kernel sums per phase
     return flops, batch * c_in * patches * FLOAT_BYTES if weight else 0
+
+
+def pruned_conv_cost(call: LayerCall, grad_input: bool, batch: int, weight: bool = True, bias: bool = False) -> int:
+    """Backward FLOPs of a :class:`~gradfilt.emp.PrunedConv2d`: its backward (exact or filtered) on the
+    ceil(alpha * C_out) kept output channels, plus scoring the channels once per step
+    (||W_j||_1: C_out * C_in/g * k^2 additions; ||delta_j||_1: B * C_out * H_out * W_out; weighing and
+    adding the two: 3 * C_out). Its kept input (x or x~) is the whole layer's: :func:`conv_cost`.
+
+    Args:
+        call: the traced layer.
+        grad_input: whether its grad_x is computed.
+        batch: images per step.
+        weight: whether its weight trains.
+        bias: whether its bias trains (counted with the kept channels when the weight does not).
+    """
+    conv = call.module
+    c_out, h_out, w_out = call.out_shape
+    kept = max(1, math.ceil(conv.alpha * c_out))
+    subset = replace(call, out_shape=(kept, h_out, w_out))
+    flops, _ = conv_cost(subset, conv.patch_size, grad_input, batch, weight, bias and not weight)
+    taps = conv.kernel_size[0] * conv.kernel_size[1]
+    return flops + c_out * (call.in_shape[0] // conv.groups) * taps + batch * c_out * h_out * w_out + 3 * c_out
 
 
 def linear_cost(call: LayerCall, grad_input: bool, batch: int, weight: bool = True,
@@ -296,9 +323,11 @@ def estimate_configured(
             continue
         bias_only = bias and not weight
         if isinstance(module, nn.Conv2d):
-            r = module.patch_size if isinstance(module, FilteredConv2d) else None
+            r = module.patch_size if isinstance(module, (FilteredConv2d, PrunedConv2d)) else None
             flops, nbytes = conv_cost(call, r, call.grad_input, batch_size, weight, bias_only, channels or None)
             kind = ("conv-sparse" if channels else "conv") if weight else "conv-bias" if bias else "conv-frozen"
+            if isinstance(module, PrunedConv2d):
+                flops, kind = pruned_conv_cost(call, call.grad_input, batch_size, weight, bias), "conv-emp"
         else:
             r, nbytes = None, 0
             flops = linear_cost(call, call.grad_input, batch_size, weight, bias_only)

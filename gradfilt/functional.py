@@ -47,7 +47,8 @@ from gradfilt import _native
 
 IntPair = Union[int, Sequence[int]]
 
-__all__ = ["filtered_conv2d", "patch_mean", "patch_sum", "check_patch_size", "axis_modes"]
+__all__ = ["filtered_conv2d", "filtered_backward", "filter_geometry", "patch_mean", "patch_sum", "check_patch_size",
+           "axis_modes"]
 
 
 def _pair(value: IntPair, name: str) -> tuple[int, int]:
@@ -465,12 +466,8 @@ class _FilteredConv2dFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups, patch_size, modes):
         y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-        kernel = tuple(weight.shape[2:])
-        left = _left_padding(padding, kernel, dilation)
-        ctx.axes = tuple(
-            _Axis(x.shape[2 + i], y.shape[2 + i], kernel[i], stride[i], left[i], dilation[i], patch_size, modes[i])
-            for i in range(2)
-        )
+        ctx.axes = filter_geometry(x.shape, y.shape, tuple(weight.shape[2:]), stride, padding, dilation, patch_size,
+                                   modes)
         ctx.groups = groups
         ctx.x_shape = x.shape
         ctx.weight_shape = weight.shape
@@ -492,61 +489,80 @@ class _FilteredConv2dFn(torch.autograd.Function):
     def _backward(ctx, grad_y):
         """The backward in grad_y's dtype (float32 for half-precision runs: the patch-grid GEMMs are small)."""
         x_sum, weight = (None if t is None else t.to(grad_y.dtype) for t in ctx.saved_tensors)
-        ax_h, ax_w = ctx.axes
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        if _collapse_path(ctx.axes):
-            grads = _collapse_backward(grad_y, x_sum, weight, ctx.axes, ctx.groups, ctx.x_shape, ctx.weight_shape,
-                                       need_x, need_w, need_b)
-            return (*grads, None, None, None, None, None, None)
-        g_mean = patch_mean(grad_y, ax_h.patch)  # g~y's unique values, (N, C_out, Hp, Wp)
-        grid_dilation = (ax_h.grid_dilation, ax_w.grid_dilation)
-        grad_x = grad_w = grad_b = None
+        grads = filtered_backward(grad_y, x_sum, weight, ctx.axes, ctx.groups, ctx.x_shape, ctx.weight_shape,
+                                  *ctx.needs_input_grad[:3])
+        return (*grads, None, None, None, None, None, None)
 
-        if need_b:
-            grad_b = grad_y.sum((0, 2, 3))  # exact: the patch means keep every patch's total
 
-        if need_w:
-            x_grid = _pad_to_needed(x_sum, ctx.axes)  # (N, C_in, Hq, Wq)
-            c_out, c_in_g = ctx.weight_shape[:2]
-            # grad_w[co, ci, u, v] = sum_{n, P} g~y[n, co, P] * x~[n, ci, P + tap shift]; on the patch grid this
-            # is the weight gradient of a conv with dilation d / r (kept taps) or a 1-tap kernel (collapsed axis).
-            grad_kept = conv2d_weight(
-                x_grid, (c_out, c_in_g, ax_h.kept_taps, ax_w.kept_taps), g_mean,
-                dilation=grid_dilation, groups=ctx.groups,
-            )  # (C_out, C_in / g, kh', kw')
-            grad_w = grad_kept.expand(ctx.weight_shape).contiguous()  # a collapsed axis repeats over its taps
+def filter_geometry(x_shape: Sequence[int], y_shape: Sequence[int], kernel: tuple[int, int], stride: tuple[int, int],
+                    padding: Union[str, IntPair], dilation: tuple[int, int], patch_size: int,
+                    modes: tuple[str, str]) -> tuple[_Axis, _Axis]:
+    """The per-axis geometry of a filtered conv (patches, taps, stride phases) for its input and output shapes."""
+    left = _left_padding(padding, kernel, dilation)
+    return tuple(_Axis(x_shape[2 + i], y_shape[2 + i], kernel[i], stride[i], left[i], dilation[i], patch_size,
+                       modes[i]) for i in range(2))
 
-        if need_x:
-            n, c_in = ctx.x_shape[:2]
-            grid_shape = (n, c_in, ax_h.needed[1] - ax_h.needed[0], ax_w.needed[1] - ax_w.needed[0])
-            # theta~ per stride phase: the sum of the taps that reach its pixels, (Ph, Pw, C_out, C_in/g, kh', kw')
-            phase_kernels = torch.einsum(
-                "aiu,bjv,ocuv->abocij", ax_h.tap_matrix(weight), ax_w.tap_matrix(weight), weight
-            )
-            # grad_x on the patch grid = transposed patch-grid conv of g~y, one per phase pair
-            per_phase = torch.stack(
-                [
-                    torch.stack(
-                        [
-                            conv2d_input(grid_shape, phase_kernels[a, b], g_mean,
-                                         dilation=grid_dilation, groups=ctx.groups)
-                            for b in range(ax_w.n_phases)
-                        ],
-                        dim=3,
-                    )
-                    for a in range(ax_h.n_phases)
-                ],
-                dim=2,
-            )  # (N, C_in, Ph, Hq, Pw, Wq)
-            flat = per_phase.reshape(
-                n, c_in, ax_h.n_phases * grid_shape[2], ax_w.n_phases * grid_shape[3]
-            )  # (N, C_in, Ph * Hq, Pw * Wq)
-            # every input pixel takes its phase's value at its patch: (N, C_in, H, W)
-            grad_x = flat.index_select(2, ax_h.gather_index(flat.device)).index_select(
-                3, ax_w.gather_index(flat.device)
-            )
 
-        return grad_x, grad_w, grad_b, None, None, None, None, None, None
+def filtered_backward(grad_y: Tensor, x_sum: Optional[Tensor], weight: Optional[Tensor], axes: tuple[_Axis, _Axis],
+                      groups: int, x_shape: Sequence[int], weight_shape: Sequence[int], need_x: bool, need_w: bool,
+                      need_b: bool) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """(grad_x, grad_w, grad_b) of a filtered conv from g_y, the kept input sums x~ and the weight.
+
+    Works on any subset of output channels: give ``grad_y``, ``weight`` and ``weight_shape`` for
+    those channels only (error-map pruning runs the filter on the channels it keeps this way).
+    """
+    ax_h, ax_w = axes
+    if _collapse_path(axes):
+        return _collapse_backward(grad_y, x_sum, weight, axes, groups, x_shape, weight_shape, need_x, need_w, need_b)
+    g_mean = patch_mean(grad_y, ax_h.patch)  # g~y's unique values, (N, C_out, Hp, Wp)
+    grid_dilation = (ax_h.grid_dilation, ax_w.grid_dilation)
+    grad_x = grad_w = grad_b = None
+
+    if need_b:
+        grad_b = grad_y.sum((0, 2, 3))  # exact: the patch means keep every patch's total
+
+    if need_w:
+        x_grid = _pad_to_needed(x_sum, axes)  # (N, C_in, Hq, Wq)
+        c_out, c_in_g = weight_shape[:2]
+        # grad_w[co, ci, u, v] = sum_{n, P} g~y[n, co, P] * x~[n, ci, P + tap shift]; on the patch grid this
+        # is the weight gradient of a conv with dilation d / r (kept taps) or a 1-tap kernel (collapsed axis).
+        grad_kept = conv2d_weight(
+            x_grid, (c_out, c_in_g, ax_h.kept_taps, ax_w.kept_taps), g_mean,
+            dilation=grid_dilation, groups=groups,
+        )  # (C_out, C_in / g, kh', kw')
+        grad_w = grad_kept.expand(weight_shape).contiguous()  # a collapsed axis repeats over its taps
+
+    if need_x:
+        n, c_in = x_shape[:2]
+        grid_shape = (n, c_in, ax_h.needed[1] - ax_h.needed[0], ax_w.needed[1] - ax_w.needed[0])
+        # theta~ per stride phase: the sum of the taps that reach its pixels, (Ph, Pw, C_out, C_in/g, kh', kw')
+        phase_kernels = torch.einsum(
+            "aiu,bjv,ocuv->abocij", ax_h.tap_matrix(weight), ax_w.tap_matrix(weight), weight
+        )
+        # grad_x on the patch grid = transposed patch-grid conv of g~y, one per phase pair
+        per_phase = torch.stack(
+            [
+                torch.stack(
+                    [
+                        conv2d_input(grid_shape, phase_kernels[a, b], g_mean,
+                                     dilation=grid_dilation, groups=groups)
+                        for b in range(ax_w.n_phases)
+                    ],
+                    dim=3,
+                )
+                for a in range(ax_h.n_phases)
+            ],
+            dim=2,
+        )  # (N, C_in, Ph, Hq, Pw, Wq)
+        flat = per_phase.reshape(
+            n, c_in, ax_h.n_phases * grid_shape[2], ax_w.n_phases * grid_shape[3]
+        )  # (N, C_in, Ph * Hq, Pw * Wq)
+        # every input pixel takes its phase's value at its patch: (N, C_in, H, W)
+        grad_x = flat.index_select(2, ax_h.gather_index(flat.device)).index_select(
+            3, ax_w.gather_index(flat.device)
+        )
+
+    return grad_x, grad_w, grad_b
 
 
 def filtered_conv2d(

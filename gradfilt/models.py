@@ -1,4 +1,5 @@
-"""Network builders by name: torchvision's MobileNetV2 / ResNet-18 / ResNet-34, MCUNet, and timm's CNNs.
+"""Network builders by name: torchvision's MobileNetV2 / ResNet-18 / ResNet-34, MCUNet, the CIFAR
+ResNets (ResNet-20 / 56), LeNet-5, and timm's CNNs.
 
 ``timm/<name>`` builds any model of timm (``pip install gradfilt[timm]``) with random weights,
 e.g. ``timm/mobilenetv3_small_050``, ``timm/efficientnet_lite0``, ``timm/resnet10t``;
@@ -6,18 +7,26 @@ e.g. ``timm/mobilenetv3_small_050``, ``timm/efficientnet_lite0``, ``timm/resnet1
 
 MCUNet ("mcunet-5fps", ImageNet) is built from the architecture table in docs/paper.md:
 a 3x3 stride-2 stem, 14 inverted-residual blocks (the first without expansion conv), global
-average pooling and a linear classifier; ReLU6 and BatchNorm after every conv. Builders here
-create random weights; loading pretrained weights belongs to the experiment code.
+average pooling and a linear classifier; ReLU6 and BatchNorm after every conv. ``resnet20`` /
+``resnet56`` are He et al.'s CIFAR ResNets (2016, Sec. 4.2): a 3x3 stem with 16 channels, three
+stages of n basic blocks (16, 32, 64 channels; n = 3 / 9), stride 2 at the first block of stages
+2 and 3 with the parameter-free shortcut (option A: subsample, zero-pad the new channels),
+global average pooling, a linear classifier. ``lenet`` is LeNet-5 with ReLU and max pooling
+(5x5 convs with 6 and 16 channels, then 120 and 84 hidden units); an adaptive pool makes any
+input size give the 5x5 map a 28x28 or 32x32 image gives. Builders here create random weights;
+loading pretrained weights belongs to the experiment code.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import models as tv
 
-__all__ = ["ARCHS", "TIMM_PREFIX", "register_arch", "build_model", "timm_pretrained", "MCUNetBlock", "mcunet"]
+__all__ = ["ARCHS", "TIMM_PREFIX", "register_arch", "build_model", "timm_pretrained", "MCUNetBlock", "mcunet",
+           "CifarBasicBlock", "cifar_resnet", "lenet"]
 
 TIMM_PREFIX = "timm/"
 
@@ -143,4 +152,77 @@ def mcunet(num_classes: int = 1000) -> nn.Sequential:
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Linear(MCUNET_5FPS[-1][1], num_classes),
+    )
+
+
+class _ShortcutA(nn.Module):
+    """Option-A shortcut: every ``stride``-th pixel, the new channels zero (no parameters)."""
+
+    def __init__(self, stride: int, extra_channels: int) -> None:
+        super().__init__()
+        self.stride, self.extra = stride, extra_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x[:, :, ::self.stride, ::self.stride]  # (N, C, ceil(H/s), ceil(W/s))
+        return F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))  # (N, C + extra, ., .)
+
+
+class CifarBasicBlock(nn.Module):
+    """3x3 conv-BN-ReLU, 3x3 conv-BN, plus the shortcut, then ReLU (He et al. 2016, CIFAR).
+
+    Args:
+        c_in: input channels.
+        c_out: output channels.
+        stride: stride of the first conv (and of the option-A shortcut when it is not 1).
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = _ShortcutA(stride, c_out - c_in) if stride != 1 or c_in != c_out else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def cifar_resnet(depth: int, num_classes: int = 10) -> nn.Sequential:
+    """A CIFAR ResNet of ``depth`` = 6n + 2 layers (20, 32, 44, 56, 110).
+
+    Args:
+        depth: 6n + 2.
+        num_classes: classifier outputs.
+    """
+    if (depth - 2) % 6 or depth < 8:
+        raise ValueError(f"a CIFAR ResNet has depth 6n + 2 (20, 32, 44, 56, 110), got {depth}")
+    n = (depth - 2) // 6
+    layers: list[nn.Module] = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True)]
+    c_in = 16
+    for stage, width in enumerate((16, 32, 64)):
+        for block in range(n):
+            layers.append(CifarBasicBlock(c_in, width, 2 if stage and not block else 1))
+            c_in = width
+    model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return model
+
+
+register_arch("resnet20")(lambda num_classes: cifar_resnet(20, num_classes))
+register_arch("resnet56")(lambda num_classes: cifar_resnet(56, num_classes))
+
+
+@register_arch("lenet")
+def lenet(num_classes: int = 10) -> nn.Sequential:
+    """LeNet-5 with ReLU and max pooling, for 3-channel inputs of any size (28x28 and 32x32 as in the paper)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.AdaptiveMaxPool2d(5),  # (N, 16, 5, 5)
+        nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.ReLU(inplace=True), nn.Linear(120, 84),
+        nn.ReLU(inplace=True), nn.Linear(84, num_classes),
     )

@@ -24,7 +24,7 @@ import csv
 import statistics
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from tqdm import tqdm
@@ -74,6 +74,18 @@ def conv_markdown(rows: list[dict]) -> str:
                      f"median floor {statistics.median(r['floor_speedup'] for r in sub):.1f}x, "
                      f"median memory ratio {statistics.median(r['memory_ratio'] for r in sub):.4f}")
     return "\n".join(lines)
+
+
+def _layers(value: str) -> Union[int, str]:
+    if value == "all":
+        return value
+    try:
+        layers = int(value)
+    except ValueError:
+        layers = -1
+    if layers < 0:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0 or 'all', got {value!r}")
+    return layers
 
 
 def _ratio(x: float) -> str:
@@ -154,8 +166,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="heap: glibc reuses freed blocks instead of mapping fresh pages for each large "
                              "tensor (both sides; see latency/README.md)")
     parser.add_argument("--archs", nargs="+", default=["mobilenet_v2", "resnet18"], help="--mode step networks")
-    parser.add_argument("--layers", type=int, nargs="+", default=[2, 4],
-                        help="--mode step: the methods' layers (the paper's #Layers)")
+    parser.add_argument("--layers", type=_layers, nargs="+", default=[2, 4],
+                        help="--mode step: the methods' layers (the paper's #Layers, or all)")
     parser.add_argument("--methods", type=Path, nargs="+", default=DEFAULT_METHODS, metavar="YAML",
                         help="--mode step: method configs (classification YAML); the first is the baseline")
     parser.add_argument("--image-size", type=int, default=224, help="--mode step input size")

@@ -31,7 +31,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -384,7 +384,7 @@ def takes_layers(config: dict) -> bool:
     return "layers" in inspect.signature(method_class(name)).parameters
 
 
-def with_layers(config: dict, layers: Optional[int]) -> dict:
+def with_layers(config: dict, layers: Union[None, int, str]) -> dict:
     """``config`` with its ``layers`` argument set to ``layers`` (None, or a method without ``layers``
     such as sparse update or TinyTL: unchanged)."""
     if layers is None or not takes_layers(config):
@@ -394,7 +394,7 @@ def with_layers(config: dict, layers: Optional[int]) -> dict:
     return {**config, "layers": layers}
 
 
-def bench_steps(arch: str, layers: Optional[int], methods: Sequence[dict], batch: int, image_size: int,
+def bench_steps(arch: str, layers: Union[None, int, str], methods: Sequence[dict], batch: int, image_size: int,
                 device: torch.device, repeats: int, fuse: bool = False) -> list[dict]:
     """Median milliseconds of one fine-tuning step per method, split into forward / backward / SGD step,
     with the method's backward FLOPs (cost model) and the bytes autograd really kept in one step.
@@ -405,7 +405,7 @@ def bench_steps(arch: str, layers: Optional[int], methods: Sequence[dict], batch
 
     Args:
         arch: mobilenet_v2 or resnet18 (any gradfilt.models arch).
-        layers: sets each method's ``layers`` (the paper's #Layers); None keeps the configs' own.
+        layers: sets each method's ``layers`` (the paper's #Layers, or ``all``); None keeps the configs' own.
         methods: method configs (``{class_path, init_args}`` or ``{type, ...}``), one set-up each.
         batch, image_size: the input batch.
         device: where to run.

@@ -12,8 +12,8 @@ so LightningCLI and mmengine configs can build it) that
 * takes part in every training iteration through hooks whose defaults do nothing:
   :meth:`start_step` (first, with the optimizer: a method may move which values train),
   :meth:`select_samples` (before the forward: which samples of the batch are trained on),
-  :meth:`before_backward` (between forward and backward) and :meth:`after_backward`; each gets
-  the optimizer step number;
+  :meth:`after_forward` (each kept sample's loss), :meth:`before_backward` (between forward and
+  backward) and :meth:`after_backward`; each gets the optimizer step number;
 * reports its cost with :meth:`cost` (backward FLOPs and activation memory in the paper's
   convention, trainable parameters; see :mod:`gradfilt.cost`), a short :attr:`tag` for run
   folders and the :meth:`fields` a report table shows.
@@ -127,6 +127,16 @@ class Method:
             the others skip the forward and backward.
         """
         return None
+
+    def after_forward(self, model: nn.Module, sample_losses: Tensor, step: int) -> None:
+        """Called after the forward pass with the loss of each kept sample, where the training loop has them
+        (classification does; segmentation does not call it).
+
+        Args:
+            model: the network being trained.
+            sample_losses: (kept samples,) detached losses.
+            step: the optimizer step being taken.
+        """
 
     def before_backward(self, model: nn.Module, loss: Tensor, step: int) -> None:
         """Called after the forward pass and the loss, before ``loss.backward()``.

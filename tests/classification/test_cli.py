@@ -127,7 +127,7 @@ def test_composed_configs_resolve(fmnist_root, tmp_path):
 @pytest.mark.parametrize("extra, error, message", [
     (["--model.bogus", "1"], SystemExit, "bogus"),
     (["--data.dataset", "svhn"], SystemExit, r"unknown dataset 'svhn'; valid datasets: \['cifar10', 'cifar100'"),
-    (["--model.arch", "vgg"], ValueError, r"unknown arch 'vgg'; valid archs: \['mcunet', 'mobilenet_v2'"),
+    (["--model.arch", "vgg"], ValueError, r"unknown arch 'vgg'; valid archs: \['lenet', 'mcunet', 'mobilenet_v2'"),
     (["--model.method", "Vanilla", "--model.method.layers", "40"], ValueError,
      r"model.method \(vanilla-40L\) on resnet18: vanilla layers=40: asked for the last 40 main-path conv layers "
      r"but the forward pass runs only 17"),
@@ -305,3 +305,17 @@ def test_dynamic_sparse_update_calibrates_fine_tunes_and_costs(runs, fmnist_root
     assert main(["cost", *args, "--json"]) is None
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["method"] == method.tag and result["activation_bytes"] == module.cost.activation_bytes
+
+
+def test_early_instance_filter_wrapping_error_map_pruning_trains_from_scratch(fmnist_root, tmp_path):
+    args = _args(fmnist_root, tmp_path, "--model.method.method",
+                 "{class_path: ErrorMapPruning, init_args: {layers: all, alpha: 0.5}}",
+                 configs=[CFG / "models" / "lenet.yaml", CFG / "schedules" / "fmnist_scratch.yaml",
+                          CFG / "methods" / "eif.yaml"])
+    cli = main(["fit", *args])
+    method = cli.model.method
+    assert method.tag == "eif0.3-emp0.5-all" and method.filter is not None
+    metrics = cli.trainer.callback_metrics
+    assert 0 < metrics["Method/KeptFraction_epoch"] <= 1 and metrics["Method/Threshold"] > 0
+    folder = tmp_path / "runs" / "t" / "lenet" / "fmnist" / "eif0.3-emp0.5-all"
+    assert (folder / "best.ckpt").is_file()

@@ -204,7 +204,7 @@ def test_cli_table_and_measure(capsys):
         ([], "the following arguments are required: --arch"),
         (["--arch", "resnet18", "--image-size", "16"], "image size 16x16 is too small for ResNet"),
         (["--arch", "resnet18", "--layers", "30"], "asked for the last 30 main-path conv layers"),
-        (["--arch", "vgg"], r"unknown arch 'vgg'; valid archs: \['mcunet', 'mobilenet_v2', 'resnet18', 'resnet34'\]"),
+        (["--arch", "vgg"], r"unknown arch 'vgg'; valid archs: \['lenet', 'mcunet', 'mobilenet_v2', 'resnet18', 'resnet20', 'resnet34', 'resnet56'\]"),
         (["--arch", "resnet18", "--layers", "two"], "must be an int >= 0 or 'all'"),
         (["--arch", "resnet18", "--patch-size", "0"], "patch_size must be an int >= 1"),
     ],

@@ -26,7 +26,7 @@ def test_mcunet_block_filter_type():
 
 
 def test_unknown_arch_and_bad_classes():
-    with pytest.raises(ValueError, match=r"unknown arch 'vgg16'; valid archs: \['mcunet', 'mobilenet_v2'"):
+    with pytest.raises(ValueError, match=r"unknown arch 'vgg16'; valid archs: \['lenet', 'mcunet', 'mobilenet_v2'"):
         build_model("vgg16", 10)
     with pytest.raises(ValueError, match="num_classes must be an int >= 1"):
         build_model("resnet18", 0)
@@ -73,3 +73,32 @@ def test_timm_errors_are_clear(monkeypatch):
     with pytest.raises(RuntimeError, match=r"could not fetch timm's pretrained weights for timm/resnet10t "
                                            r"\(OSError: no network\)"):
         timm_pretrained("timm/resnet10t", 10)
+
+
+@pytest.mark.parametrize("arch, params, convs", [("resnet20", 0.27e6, 19), ("resnet56", 0.85e6, 55)])
+def test_cifar_resnets(arch, params, convs):
+    from torch import nn
+
+    model = build_model(arch, 10)
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(params, rel=0.01)  # He et al. 2016, Table 6
+    assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == convs  # option A: no shortcut convs
+    for size in (28, 32):
+        assert model(torch.randn(2, 3, size, size)).shape == (2, 10)
+    assert last_convs(model, 2, input_size=(1, 3, 32, 32)) == [f"{convs // 2 + 2}.conv1", f"{convs // 2 + 2}.conv2"]
+
+
+def test_option_a_shortcut_subsamples_and_zero_pads():
+    from gradfilt.models import CifarBasicBlock
+
+    block = CifarBasicBlock(16, 32, stride=2)
+    x = torch.randn(2, 16, 8, 8)
+    out = block.shortcut(x)
+    assert out.shape == (2, 32, 4, 4)
+    assert torch.equal(out[:, 8:24], x[:, :, ::2, ::2]) and not out[:, :8].any() and not out[:, 24:].any()
+
+
+def test_lenet():
+    model = build_model("lenet", 10)
+    assert sum(p.numel() for p in model.parameters()) == 62006  # LeNet-5's 61,706 with 3 input channels
+    for size in (28, 32, 40):
+        assert model(torch.randn(2, 3, size, size)).shape == (2, 10)

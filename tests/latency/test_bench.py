@@ -131,7 +131,8 @@ def test_step_mode_splits_the_step(tmp_path, capsys):
 def test_step_mode_costs_each_set_up_as_training_would():
     methods = [{"type": "vanilla"}, {"type": "sparse_update", "n_bias_update": 4, "n_weight_update": 2,
                                       "weight_update_ratio": 0.5}, {"type": "tinytl"},
-               {"type": "dynamic_sparse", "memory_budget": None, "manual_weight_idx": [49, 51]}]
+               {"type": "dynamic_sparse", "memory_budget": None, "manual_weight_idx": [49, 51]},
+               {"type": "emp", "alpha": 0.25}]
     rows = bench_steps("mobilenet_v2", 2, methods, batch=2, image_size=64, device=torch.device("cpu"), repeats=1,
                        fuse=True)
     for config, row in zip(methods, rows):
@@ -157,6 +158,7 @@ def test_step_mode_reads_method_configs(tmp_path):
     (["--cases", "vgg"], "unknown case set 'vgg': valid sets are"),
     (["--patch-sizes", "0"], "must be >= 1"),
     (["--min-time", "-1"], "--min-time must be >= 0"),
+    (["--mode", "step", "--layers", "some"], "must be an int >= 0 or 'all', got 'some'"),
 ])
 def test_cli_errors(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit):
@@ -236,3 +238,12 @@ def test_step_mode_on_a_timm_cnn():
     rows = bench_steps("timm/mobilenetv3_small_050", 2, methods, batch=2, image_size=64, device=torch.device("cpu"),
                        repeats=1)
     assert [row["method"] for row in rows] == ["vanilla-2L", "R4-2L"] and all(row["step_ms"] > 0 for row in rows)
+
+
+def test_step_mode_trains_every_layer_with_layers_all(capsys, tmp_path):
+    configs = REPO / "configs" / "classification" / "methods"
+    assert main(["--mode", "step", "--archs", "lenet", "--layers", "all", "--methods", str(configs / "vanilla.yaml"),
+                 str(configs / "emp.yaml"), "--batch", "4", "--image-size", "28", "--repeats", "1",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| lenet | all | vanilla-all |" in out and "| lenet | all | emp0.5-all |" in out

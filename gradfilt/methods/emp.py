@@ -1,0 +1,93 @@
+"""Error-map pruning (Wu, Wang, Shi, Hu, IEEE TCAD 2020) as a training method, composable with gradient filtering.
+
+The layers that train are chosen as :class:`~gradfilt.methods.Vanilla` chooses them (``layers``:
+the paper's "#Layers" or ``all``, the from-scratch setting; or an explicit ``freeze`` list). Every
+trained dense conv becomes a :class:`gradfilt.emp.PrunedConv2d`: per mini-batch it keeps the top
+``alpha`` share of its error map's output channels by s_j = g1 * ||W_j||_1 + g2 * ||delta_j||_1 and
+runs its backward on those only. ``patch_size`` filters the kept channels (prune, then filter:
+the gradient filter's own backward on the subset). Grouped and depthwise convs keep their exact
+(or, with ``patch_size``, filtered) backward.
+
+The paper does not give g1, g2 or alpha; the defaults here (alpha 0.5, g1 0, g2 1: the error map's
+magnitude alone) are placeholders until a sweep on Fashion-MNIST sets them, and all three are
+configurable.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from torch import Tensor, nn
+
+from ..emp import PrunedConv2d
+from ..freeze import check_freeze
+from ..functional import check_patch_size
+from ..install import FilterSpec, plan_filters, swap_filters
+from ..paths import replace_module, resolve
+from .base import register_method
+from .vanilla import Layers, Vanilla
+
+__all__ = ["ErrorMapPruning"]
+
+
+@register_method("emp")
+class ErrorMapPruning(Vanilla):
+    """Vanilla layer selection; the trained dense convs prune their error map's channels every step.
+
+    Args:
+        layers: the paper's "#Layers" (last N main-path convs + classifier), or ``all``.
+        alpha: share of output channels kept per layer and step, in (0, 1].
+        g1: weight of ||W_j||_1 in the channel score.
+        g2: weight of ||delta_j||_1 (the error map) in the channel score.
+        patch_size: gradient filters of this r on the kept channels (and on the trained grouped convs).
+        freeze: explicit freeze list instead of ``layers`` (``~path`` un-freezes).
+        update_frozen_bn_stats: frozen BatchNorm layers keep updating their running statistics.
+    """
+
+    def __init__(self, layers: Layers = None, alpha: float = 0.5, g1: float = 0.0, g2: float = 1.0,
+                 patch_size: Optional[int] = None, freeze: Optional[list[str]] = None,
+                 update_frozen_bn_stats: bool = False) -> None:
+        super().__init__(layers, freeze, update_frozen_bn_stats)
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
+            raise ValueError(f"alpha (the kept share of output channels) must be in (0, 1], got {alpha!r}")
+        if not all(isinstance(g, (int, float)) and not isinstance(g, bool) and g >= 0 for g in (g1, g2)) or \
+                g1 + g2 == 0:
+            raise ValueError(f"g1 and g2 weigh the two score terms: numbers >= 0, not both 0; got {g1!r}, {g2!r}")
+        if patch_size is not None:
+            check_patch_size(patch_size)
+        self.alpha, self.g1, self.g2, self.patch_size = float(alpha), float(g1), float(g2), patch_size
+        self.pruned_convs: list[str] = []  # filled by apply()
+
+    def apply(self, model: nn.Module, example_input: Tensor) -> None:
+        convs, paths = self.plan(model, example_input)
+        trained = convs or self._explicitly_trained(model, paths)
+        dense = [n for n in trained if type(resolve(model, n)) is nn.Conv2d and resolve(model, n).groups == 1]
+        grouped = [n for n in trained if n not in dense]
+        pruned = {n: PrunedConv2d.from_conv(resolve(model, n), self.alpha, self.g1, self.g2, self.patch_size)
+                  for n in dense}  # built (and checked) before the first change
+        filters = plan_filters(model, [FilterSpec(n, self.patch_size, "conv") for n in grouped]) \
+            if self.patch_size is not None else {}
+        for name, module in pruned.items():
+            replace_module(model, name, module)
+        swap_filters(model, filters)
+        self._finish(model, convs, paths)
+        self.pruned_convs = dense
+
+    @staticmethod
+    def _explicitly_trained(model: nn.Module, paths: list[str]) -> list[str]:
+        """The convs an explicit freeze list leaves trainable, worked out on the flags (model unchanged)."""
+        flags = {id(p): p.requires_grad for p in model.parameters()}
+        for _, target, unfreeze in check_freeze(model, paths):
+            for p in (target.parameters() if isinstance(target, nn.Module) else [target]):
+                flags[id(p)] = unfreeze
+        return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and flags[id(m.weight)]]
+
+    @property
+    def tag(self) -> str:
+        """``emp<alpha>-<layers>[-R<r>]``, e.g. ``emp0.5-all``, ``emp0.25-2L-R2``."""
+        filt = f"-R{self.patch_size}" if self.patch_size else ""
+        weights = "" if (self.g1, self.g2) == (0.0, 1.0) else f"-g{self.g1:g},{self.g2:g}"
+        return f"emp{self.alpha:g}-{self._depth()}{weights}{filt}"
+
+    def fields(self) -> dict[str, Any]:
+        return {**super().fields(), "method": self.tag, "patch_size": self.patch_size or "-"}
