@@ -5,7 +5,8 @@ folders and prints the paper-style table (method, #layers, patch size, best vali
 accuracy, test accuracy when a test ran, backward FLOPs and activation memory from the cost
 model, the bytes autograd really kept in one step of one image, the trainable parameters and the
 *step memory*: the kept conv inputs plus one float32 gradient per trainable parameter, the
-quantity dynamic sparse update's budget bounds) as Markdown; writes it as
+quantity dynamic sparse update's budget bounds, and, where a method drops instances, the mean
+share of the training instances the main network saw, *kept %*) as Markdown; writes it as
 CSV, and plots accuracy against backward FLOPs (log scale, like the paper's Figure 4) and
 against activation memory. A row is one model: a fit and the evaluations of its checkpoints.
 """
@@ -28,7 +29,7 @@ from .module import method_of
 __all__ = ["collect", "markdown", "write_csv", "plot", "main"]
 
 COLUMNS = ["table", "model", "dataset", "method", "layers", "patch_size", "val_acc", "test_acc", "test_ckpt",
-           "backward_flops", "activation_bytes", "measured_bytes", "trainable_params", "step_bytes", "run"]
+           "backward_flops", "activation_bytes", "measured_bytes", "trainable_params", "step_bytes", "kept_fraction", "run"]
 
 
 def _scalars(run: Path) -> dict[str, list[float]]:
@@ -116,6 +117,9 @@ def _row(key: Path, evals: list[Path], scalars: dict, configs: dict) -> dict:
         "trainable_params": params,
         # kept conv inputs + one float32 gradient per trainable parameter
         "step_bytes": None if memory is None or params is None else memory + FLOAT_BYTES * params,
+        # share of the training instances the main network saw (methods that drop instances log it)
+        "kept_fraction": (sum(own["Method/KeptFraction_epoch"]) / len(own["Method/KeptFraction_epoch"])
+                          if own.get("Method/KeptFraction_epoch") else None),
         "run": str(key),
     }
 
@@ -134,8 +138,10 @@ def _pct(value: Optional[float]) -> str:
 
 def markdown(rows: list[dict]) -> str:
     """The rows as a Markdown table (accuracies in %, FLOPs and bytes in the paper's units)."""
+    kept = any(r["kept_fraction"] is not None for r in rows)  # a column only where a method drops instances
     lines = ["| model | dataset | method | #layers | patch | val acc % | test acc % | backward FLOPs | memory "
-             "| measured | trainable | step memory |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| measured | trainable | step memory |" + (" kept % |" if kept else ""),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if kept else "")]
     for r in rows:
         flops = "-" if r["backward_flops"] is None else format_flops(int(r["backward_flops"]))
         mem, measured, step = ("-" if r[k] is None else format_bytes(int(r[k]))
@@ -144,7 +150,8 @@ def markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['model']} | {r['dataset']} | {r['method']} | {r['layers']} | "
                      f"{r['patch_size'] if r['patch_size'] is not None else '-'} | {_pct(r['val_acc'])} | "
                      f"{_pct(r['test_acc'])} | {flops} | {mem} | {measured} | "
-                     f"{'-' if params is None else f'{int(params):,}'} | {step} |")
+                     f"{'-' if params is None else f'{int(params):,}'} | {step} |"
+                     + (f" {_pct(r['kept_fraction'])} |" if kept else ""))
     tested = [r for r in rows if r["test_ckpt"]]
     if tested:
         lines += ["", "test acc % is of: " + "; ".join(f"{r['method']} {r['test_ckpt']}" for r in tested)]

@@ -78,6 +78,8 @@ def test_a_method_defined_in_a_test_file_runs_through_fit_cost_and_report(fmnist
     assert result["backward_flops"] == 10 and result["activation_bytes"] == 0  # a bias gradient keeps nothing
 
     rows = collect([tmp_path / "runs" / "toy"])
-    assert [(r["method"], r["layers"]) for r in rows] == [("toy-every4", "fc.bias")]
+    assert [(r["method"], r["layers"], r["kept_fraction"]) for r in rows] == [("toy-every4", "fc.bias", 0.25)]
     assert report_main([str(tmp_path / "runs" / "toy")]) == 0
-    assert "| resnet18 | fmnist | toy-every4 | fc.bias | - |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| resnet18 | fmnist | toy-every4 | fc.bias | - |" in out
+    assert "| step memory | kept % |" in out and out.splitlines()[2].endswith("| 25.0 |")
