@@ -230,6 +230,7 @@ class ClassificationModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         if self.logger is not None:
             metrics = {"Cost/BackwardFLOPs": float(self.cost.backward_flops),
+                       "Cost/ForwardFLOPs": float(self.cost.forward_flops),
                        "Cost/ActivationBytes": float(self.cost.activation_bytes),
                        "Cost/TrainableParams": float(self.cost.trainable_params),
                        "Cost/MeasuredBytes": float(self.measured_bytes())}

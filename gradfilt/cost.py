@@ -51,6 +51,10 @@ This reproduces Table 11's FLOPs within 0.5% and Table 2's memory cells exactly.
 MobileNetV2 and MCUNet 'All' memory cells (24.33 MB, 9.17 MB) do not follow from counting
 every conv input (25.81 MB and 9.89 MB here); we report our count.
 
+*Forward FLOPs* (``CostReport.forward_flops``, for whole-training counts) are those of every conv
+and linear layer the forward pass runs: 2 * C_out * C_in/g * k^2 per output pixel, 2 * in * out per
+linear layer, plus one addition per input value for the patch sums a trained filtered conv keeps.
+
 :func:`measure` complements the analysis with what autograd really keeps (BN and
 activations included), through ``torch.autograd.graph.saved_tensors_hooks``.
 """
@@ -79,7 +83,7 @@ from .models import ARCHS, build_model
 from .sparse import SparseConv2d
 from .trace import LayerCall, trace_layers
 
-__all__ = ["LayerCost", "CostReport", "conv_cost", "pruned_conv_cost", "linear_cost", "estimate", "estimate_configured", "measure",
+__all__ = ["LayerCost", "CostReport", "conv_cost", "forward_cost", "pruned_conv_cost", "linear_cost", "estimate", "estimate_configured", "measure",
            "print_report", "format_flops", "format_bytes", "main"]
 
 FLOAT_BYTES = 4
@@ -110,6 +114,7 @@ class CostReport:
     layers: list[LayerCost] = field(default_factory=list)
     trainable_params: int = 0
     uncounted: list[str] = field(default_factory=list)
+    forward_flops: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -159,6 +164,29 @@ def conv_cost(call: LayerCall, patch_size: Optional[int], grad_input: bool, batc
         flops += batch * phases * c_in * patches * (2 * c_out_g * kept - 1)
         flops += c_out * c_in_g * (taps - phases * kept)  # kernel sums per phase
     return flops, batch * c_in * patches * FLOAT_BYTES if weight else 0
+
+
+def forward_cost(call: LayerCall, batch: int, patch_sums: bool = False) -> int:
+    """Forward FLOPs of one conv or linear layer (multiplications and additions, as the backward is counted).
+
+    A conv: 2 * C_out * C_in/g * k^2 per output pixel; a linear layer: 2 * in * out; times the batch.
+    ``patch_sums``: the layer also sums its input into the patch sums x~ a gradient filter keeps
+    (one addition per input value).
+
+    Args:
+        call: the traced layer.
+        batch: images per step.
+        patch_sums: the layer is a filtered conv whose weight trains.
+    """
+    module = call.module
+    if isinstance(module, nn.Linear):
+        return batch * 2 * call.in_shape[-1] * call.out_shape[-1]
+    c_out, h_out, w_out = call.out_shape
+    taps = module.kernel_size[0] * module.kernel_size[1]
+    flops = 2 * c_out * (call.in_shape[0] // module.groups) * taps * h_out * w_out
+    if patch_sums:
+        flops += call.in_shape[0] * call.in_shape[1] * call.in_shape[2]
+    return batch * flops
 
 
 def pruned_conv_cost(call: LayerCall, grad_input: bool, batch: int, weight: bool = True, bias: bool = False) -> int:
@@ -314,11 +342,14 @@ def estimate_configured(
     _check_batch(batch_size)
     h, w = _image_size(image_size)
     layers = []
+    forward = 0
     for call in _trace(model, h, w, in_channels):
         module = call.module
         channels = module.channels.numel() if isinstance(module, SparseConv2d) else None
         weight = module.weight.requires_grad or bool(channels) and module.weight_update.requires_grad
         bias = module.bias is not None and module.bias.requires_grad
+        filtered = isinstance(module, FilteredConv2d) or isinstance(module, PrunedConv2d) and module.patch_size
+        forward += forward_cost(call, batch_size, patch_sums=bool(filtered) and weight)
         if not (weight or bias or call.grad_input):
             continue
         bias_only = bias and not weight
@@ -345,6 +376,7 @@ def estimate_configured(
         layers=layers,
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         uncounted=uncounted,
+        forward_flops=forward,
     )
 
 
@@ -458,6 +490,7 @@ def print_report(report: CostReport, measured: Optional[dict[str, dict[str, int]
               f"{'yes' if layer.needs_grad_input else 'no'} | {format_flops(layer.flops)} | "
               f"{format_bytes(layer.activation_bytes)} |")
     print(f"\ntotal backward FLOPs: {format_flops(report.backward_flops)}  "
+          f"forward FLOPs (every conv and linear layer): {format_flops(report.forward_flops)}  "
           f"activation memory (conv inputs): {format_bytes(report.activation_bytes)}  "
           f"trainable parameters: {report.trainable_params:,}  batch {report.batch_size}")
     if report.uncounted:

@@ -252,3 +252,19 @@ def test_trainable_batchnorm_is_listed_as_uncounted_and_makes_the_convs_above_it
     patches, hw = 16, 64
     assert filtered.flops == 6 * (hw + patches) + patches * 4 * (2 * 6 - 1) + 6 * 4 * (9 - 1)
     assert filtered.activation_bytes == 0
+
+
+@pytest.mark.parametrize("arch, size, macs", [("resnet18", 224, 1.814e9), ("mobilenet_v2", 224, 0.3008e9),
+                                               ("resnet20", 32, 40.55e6)])
+def test_forward_flops_are_twice_the_published_multiply_accumulates(arch, size, macs):
+    # torchvision's model cards: ResNet-18 1.81 G, MobileNetV2 0.30 G; He et al.: ResNet-20 about 41 M
+    report = estimate(build_model(arch, 1000 if size == 224 else 10), size, "all")
+    assert report.forward_flops == pytest.approx(2 * macs, rel=2e-3)
+
+
+def test_forward_flops_by_hand_and_the_filters_patch_sums():
+    # LeNet-5 at 28x28 (3 input channels): conv 2*6*3*25*28*28 + conv 2*16*6*25*10*10 + linear 2*(400*120 + 120*84 + 84*10)
+    expected = 705_600 + 480_000 + 2 * (400 * 120 + 120 * 84 + 84 * 10)
+    assert estimate(build_model("lenet", 10), 28, "all", batch_size=3).forward_flops == 3 * expected
+    filtered = estimate(build_model("lenet", 10), 28, "all", patch_size=2)
+    assert filtered.forward_flops == expected + 3 * 28 * 28 + 6 * 14 * 14  # x~ of both trained convs
