@@ -41,7 +41,7 @@ moments) is parked and the channels that arrive get theirs back: a channel's mom
 while it does not train and resumes when it trains again (zero at its first selection), and weight
 decay only touches the trained channels. Parked state is not written to checkpoints: a resumed run
 restarts the chosen layers' optimizer state at zero. Adam keeps one step count per Parameter, so a
-channel's first update after step 0 gets the bias correction of old moments; SGD has no such issue.
+channel's first update after step 0 gets the bias correction of old moments; SGD has no such effect.
 
 **Memory model** (the budget; batch 1, float32, KB = 1024 B): per chosen layer its kept input
 channels, n * H_in * W_in values (the paper's convention: conv inputs only; what autograd keeps for
