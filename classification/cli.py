@@ -223,12 +223,12 @@ def configured_model(config: Namespace) -> ClassificationModule:
         config: the result of :func:`resolve_config`.
     """
     model_args = config.model.as_dict()
-    module = ClassificationModule(**{**model_args, "weights": None, "init_from": None})
-    if module.needs_calibration:
-        module = ClassificationModule(**model_args)
-        data = ClassificationData(**config.data.as_dict())
-        data.setup("fit")
-        module.set_up_method(calibration_batches(data.train_dataloader(), module.method.calibration_batches))
+    if method_of(model_args.get("method")).calibration_batches == 0:
+        return ClassificationModule(**{**model_args, "weights": None, "init_from": None})
+    module = ClassificationModule(**model_args)
+    data = ClassificationData(**config.data.as_dict())
+    data.setup("fit")
+    module.set_up_method(calibration_batches(data.train_dataloader(), module.method.calibration_batches))
     return module
 
 

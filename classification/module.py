@@ -9,8 +9,9 @@ then ``method.apply``. Parameters are never re-created after that, so the optimi
 builds later sees exactly the trainable ones. Every training step calls the method's hooks:
 ``start_step`` first (with the optimizer), ``select_samples`` before the forward pass,
 ``after_forward`` with each kept sample's loss, ``before_backward`` and ``after_backward``; the
-method's ``metrics`` are logged as ``Method/<key>``. A method that calibrates (``calibration_batches`` > 0) is set up in ``setup()`` instead, after
-``calibrate`` on that many batches of the data module's training set.
+method's ``metrics`` are logged as ``Method/<key>``. A method that calibrates
+(``calibration_batches`` > 0) is set up in ``setup()`` instead, after ``calibrate`` on that many
+batches of the data module's training set.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from typing import Literal, Optional
 from urllib.error import URLError
 
 import pytorch_lightning as pl
-from pytorch_lightning.utilities import rank_zero_info
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy

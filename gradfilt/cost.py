@@ -348,19 +348,18 @@ def estimate_configured(
         channels = module.channels.numel() if isinstance(module, SparseConv2d) else None
         weight = module.weight.requires_grad or bool(channels) and module.weight_update.requires_grad
         bias = module.bias is not None and module.bias.requires_grad
-        filtered = isinstance(module, FilteredConv2d) or isinstance(module, PrunedConv2d) and module.patch_size
-        forward += forward_cost(call, batch_size, patch_sums=bool(filtered) and weight)
+        r = module.patch_size if isinstance(module, (FilteredConv2d, PrunedConv2d)) else None
+        forward += forward_cost(call, batch_size, patch_sums=r is not None and weight)
         if not (weight or bias or call.grad_input):
             continue
         bias_only = bias and not weight
         if isinstance(module, nn.Conv2d):
-            r = module.patch_size if isinstance(module, (FilteredConv2d, PrunedConv2d)) else None
             flops, nbytes = conv_cost(call, r, call.grad_input, batch_size, weight, bias_only, channels or None)
             kind = ("conv-sparse" if channels else "conv") if weight else "conv-bias" if bias else "conv-frozen"
             if isinstance(module, PrunedConv2d):
                 flops, kind = pruned_conv_cost(call, call.grad_input, batch_size, weight, bias), "conv-emp"
         else:
-            r, nbytes = None, 0
+            nbytes = 0
             flops = linear_cost(call, call.grad_input, batch_size, weight, bias_only)
             kind = "linear" if weight else "linear-bias" if bias else "linear-frozen"
         layers.append(LayerCost(call.name, kind, call.in_shape, call.out_shape, r, call.grad_input, flops, nbytes))

@@ -17,7 +17,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .paths import resolve
 from .trace import LayerCall, trace_layers
 
-__all__ = ["freeze", "check_freeze", "keep_bn_eval", "last_convs", "classifier_name", "classifier_of"]
+__all__ = ["freeze", "check_freeze", "requires_grad_after", "keep_bn_eval", "last_convs", "classifier_name", "classifier_of"]
 
 _EVAL_HOOK = "_gradfilt_keep_eval"
 
@@ -60,6 +60,23 @@ def check_freeze(model: nn.Module, paths: Iterable[str]) -> list[tuple[str, obje
             target = _parameter(model, path)
         ops.append((path, target, unfreeze))
     return ops
+
+
+def requires_grad_after(model: nn.Module, paths: Iterable[str]) -> dict[str, bool]:
+    """What :func:`freeze` would leave in each parameter's ``requires_grad``, without changing anything.
+
+    Args:
+        model: the model the paths refer to.
+        paths: as for :func:`freeze`.
+
+    Returns:
+        {parameter name: requires_grad} for every parameter of ``model``.
+    """
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    for _, target, unfreeze in check_freeze(model, paths):
+        for p in (target.parameters() if isinstance(target, nn.Module) else [target]):
+            flags[id(p)] = unfreeze
+    return {name: flags[id(p)] for name, p in model.named_parameters(remove_duplicate=False)}
 
 
 def freeze(model: nn.Module, paths: Iterable[str], update_frozen_bn_stats: bool = False) -> None:

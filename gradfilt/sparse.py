@@ -236,7 +236,7 @@ def lean_frozen_convs(model: nn.Module, example_input: Tensor) -> list[str]:
     for call in trace_layers(model, example_input):
         conv = call.module
         if (call.grad_input and type(conv) is nn.Conv2d and (conv.groups == 1 or _depthwise(conv))
-                and not any(p.requires_grad for p in conv.parameters()) and call.name not in lean):
+                and not any(p.requires_grad for p in conv.parameters())):
             replace_module(model, call.name, SparseConv2d.from_conv(conv, []))
             lean.append(call.name)
     return lean

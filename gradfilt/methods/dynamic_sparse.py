@@ -63,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..cost import FLOAT_BYTES
 from ..freeze import classifier_of, freeze
 from ..paths import replace_module, resolve
 from ..sparse import SparseConv2d, _channel_dim, _depthwise, lean_frozen_convs
@@ -73,7 +74,6 @@ from .vanilla import config_digest
 __all__ = ["DynamicSparseUpdate", "parse_bytes", "POLICIES"]
 
 POLICIES = ("rotation", "importance")
-FLOAT_BYTES = 4
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024 ** 2, "mb": 1024 ** 2, "mib": 1024 ** 2}
 
 
@@ -176,19 +176,18 @@ class DynamicSparseUpdate(Method):
         self._started = False
 
     # --- planning -----------------------------------------------------------------------------
-    def _convs(self, calls: Sequence[LayerCall]) -> list[LayerCall]:
-        seen, convs = set(), []
-        for call in calls:
-            if isinstance(call.module, nn.Conv2d) and call.name not in seen:
-                seen.add(call.name)
-                convs.append(call)
-        return convs
+    @staticmethod
+    def _convs(calls: Sequence[LayerCall]) -> list[LayerCall]:
+        return [call for call in calls if isinstance(call.module, nn.Conv2d)]  # one call per conv, in order
 
-    def _candidate_range(self, n_convs: int) -> range:
-        k = self.candidates if self.candidates is not None else max(1, n_convs // 2)
-        if k > n_convs:
-            raise ValueError(f"candidates={k} but the forward pass runs only {n_convs} convs")
-        return range(n_convs - k, n_convs)
+    def _pool(self, convs: Sequence[LayerCall]) -> list[LayerCall]:
+        """The convs importance is measured on: the listed ones, or the selectable ones among the candidates."""
+        if self.manual_weight_idx is not None:
+            return [convs[i] for i in self.manual_weight_idx if 0 <= i < len(convs) and self._selectable(convs[i])]
+        k = self.candidates if self.candidates is not None else max(1, len(convs) // 2)
+        if k > len(convs):
+            raise ValueError(f"candidates={k} but the forward pass runs only {len(convs)} convs")
+        return [c for c in convs[len(convs) - k:] if self._selectable(c)]
 
     @staticmethod
     def _selectable(call: LayerCall) -> bool:
@@ -210,11 +209,7 @@ class DynamicSparseUpdate(Method):
             raise ValueError("calibrate() needs at least one (inputs, targets) batch")
         net = copy.deepcopy(model).eval()
         param = next(net.parameters())
-        convs = self._convs(trace_layers(net, batches[0][0][:1].to(param.device)))
-        if self.manual_weight_idx is not None:
-            names = [convs[i].name for i in self.manual_weight_idx if 0 <= i < len(convs) and self._selectable(convs[i])]
-        else:
-            names = [convs[i].name for i in self._candidate_range(len(convs)) if self._selectable(convs[i])]
+        names = [c.name for c in self._pool(self._convs(trace_layers(net, batches[0][0][:1].to(param.device))))]
         freeze(net, [""])
         weights = {name: resolve(net, name).weight.requires_grad_(True) for name in names}
         sums = {name: torch.zeros(_channels(resolve(net, name)), dtype=torch.float64) for name in names}
@@ -246,7 +241,8 @@ class DynamicSparseUpdate(Method):
         return fixed + sum(sum(self._layer_bytes(c, n)) for c, n in zip(chosen, counts))
 
     def _plan(self, model: nn.Module, example_input: Tensor):
-        """(chosen layer calls in execution order, channel counts, classifier name, all conv weights)."""
+        """(chosen layer calls in execution order, their channel counts, the classifier's name or None, the
+        weights of all convs, every conv call, the classifier's gradient bytes), from one traced forward pass."""
         calls = trace_layers(model, example_input)
         convs = self._convs(calls)
         classifier = classifier_of(calls, model_name=type(model).__name__) if self.train_classifier else None
@@ -270,7 +266,7 @@ class DynamicSparseUpdate(Method):
                 raise ValueError(f"manual_weight_idx {sorted(self.manual_weight_idx)} need {need / 1024:.1f} KB per step at update_ratio "
                                  f"{self.update_ratio:g}, over memory_budget {self.budget / 1024:.1f} KB")
         else:
-            pool = [c for i, c in enumerate(convs) if i in self._candidate_range(len(convs)) and self._selectable(c)]
+            pool = self._pool(convs)
             missing = [c.name for c in pool if c.name not in self.importance_]
             if missing:
                 raise ValueError(f"{type(self).__name__} chooses its layers by importance: call calibrate(model, "

@@ -20,7 +20,7 @@ from typing import Any, Optional
 from torch import Tensor, nn
 
 from ..emp import PrunedConv2d
-from ..freeze import check_freeze
+from ..freeze import requires_grad_after
 from ..functional import check_patch_size
 from ..install import FilterSpec, plan_filters, swap_filters
 from ..paths import replace_module, resolve
@@ -60,7 +60,10 @@ class ErrorMapPruning(Vanilla):
 
     def apply(self, model: nn.Module, example_input: Tensor) -> None:
         convs, paths = self.plan(model, example_input)
-        trained = convs or self._explicitly_trained(model, paths)
+        trained = convs
+        if not convs:  # an explicit freeze list: the convs it leaves trainable
+            flags = requires_grad_after(model, paths)
+            trained = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and flags[f"{n}.weight"]]
         dense = [n for n in trained if type(resolve(model, n)) is nn.Conv2d and resolve(model, n).groups == 1]
         grouped = [n for n in trained if n not in dense]
         pruned = {n: PrunedConv2d.from_conv(resolve(model, n), self.alpha, self.g1, self.g2, self.patch_size)
@@ -72,15 +75,6 @@ class ErrorMapPruning(Vanilla):
         swap_filters(model, filters)
         self._finish(model, convs, paths)
         self.pruned_convs = dense
-
-    @staticmethod
-    def _explicitly_trained(model: nn.Module, paths: list[str]) -> list[str]:
-        """The convs an explicit freeze list leaves trainable, worked out on the flags (model unchanged)."""
-        flags = {id(p): p.requires_grad for p in model.parameters()}
-        for _, target, unfreeze in check_freeze(model, paths):
-            for p in (target.parameters() if isinstance(target, nn.Module) else [target]):
-                flags[id(p)] = unfreeze
-        return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and flags[id(m.weight)]]
 
     @property
     def tag(self) -> str:

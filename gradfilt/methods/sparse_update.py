@@ -134,10 +134,7 @@ class SparseUpdate(Method):
         """(plan, the filtered convs built, the classifier's name or None), from one traced forward pass."""
         calls = trace_layers(model, example_input)
         classifier = classifier_of(calls, conv_fallback=True) if self.train_classifier else None
-        order = []
-        for call in calls:
-            if isinstance(call.module, nn.Conv2d) and call.name not in order:
-                order.append(call.name)
+        order = [call.name for call in calls if isinstance(call.module, nn.Conv2d)]  # one call per conv
         n = len(order)
         n_bias = n if self.n_bias_update == "all" else self.n_bias_update
         if n_bias > n:

@@ -168,3 +168,12 @@ def test_layer_errors():
         PrunedConv2d(8, 8, 3, groups=4, alpha=0.5, g1=0.0, g2=1.0)
     with pytest.raises(TypeError, match="expects a plain torch.nn.Conv2d"):
         PrunedConv2d.from_conv(FilteredConv2d(3, 3, 3, patch_size=2), 0.5, 0.0, 1.0)
+
+
+def test_explicit_freeze_list_prunes_the_convs_it_leaves_trainable():
+    model = build_model("resnet18", 10)
+    method = ErrorMapPruning(freeze=["", "~layer4.1", "~fc"], alpha=0.25)
+    method.apply(model, torch.zeros(1, 3, 64, 64))
+    assert method.pruned_convs == ["layer4.1.conv1", "layer4.1.conv2"] == method.trained_convs
+    assert all(isinstance(model.get_submodule(n), PrunedConv2d) for n in method.pruned_convs)
+    assert type(model.layer4[0].conv1) is nn.Conv2d and not model.layer4[0].conv1.weight.requires_grad

@@ -98,3 +98,17 @@ def test_frozen_bn_can_keep_updating_statistics():
     before = model[1].running_mean.clone()
     model(torch.randn(2, 3, 6, 6))
     assert not torch.equal(model[1].running_mean, before) and model[1].training
+
+
+def test_requires_grad_after_is_what_freeze_leaves():
+    from gradfilt.freeze import requires_grad_after
+    from gradfilt.models import build_model
+
+    model = build_model("resnet18", 10)
+    paths = ["", "~layer4", "layer4.0", "~layer4.0.conv2.weight", "~fc"]
+    predicted = requires_grad_after(model, paths)
+    assert all(p.requires_grad for p in model.parameters())  # nothing changed yet
+    freeze(model, paths)
+    assert predicted == {n: p.requires_grad for n, p in model.named_parameters()}
+    assert predicted["layer4.0.conv2.weight"] and not predicted["layer4.0.conv1.weight"]
+    assert predicted["layer4.1.conv1.weight"] and not predicted["layer3.1.conv2.weight"]
