@@ -265,8 +265,6 @@ class ClassificationModule(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Optional[Tensor]:
         self.log("Train/LR", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         self.method.start_step(self.model, self.optimizers(use_pl_optimizer=False), self.global_step)
-        for key, value in self.method.metrics().items():
-            self.log(f"Method/{key}", value, on_step=True, on_epoch=False)
         x, y = batch
         keep = self.method.select_samples(self.model, x, y, self.global_step)
         if keep is not None:
@@ -275,7 +273,10 @@ class ClassificationModule(pl.LightningModule):
                      batch_size=len(batch[1]))
             if len(y) == 0:
                 return None  # Lightning skips the backward and the optimizer step
-        return self._step((x, y), "Train", self.train_acc)
+        loss = self._step((x, y), "Train", self.train_acc)
+        for key, value in self.method.metrics().items():  # after the forward hooks: this step's values
+            self.log(f"Method/{key}", value, on_step=True, on_epoch=False)
+        return loss
 
     def on_before_backward(self, loss: Tensor) -> None:
         self.method.before_backward(self.model, loss, self.global_step)

@@ -317,5 +317,6 @@ def test_early_instance_filter_wrapping_error_map_pruning_trains_from_scratch(fm
     assert method.tag == "eif0.3-emp0.5-all" and method.filter is not None
     metrics = cli.trainer.callback_metrics
     assert 0 < metrics["Method/KeptFraction_epoch"] <= 1 and metrics["Method/Threshold"] > 0
+    assert float(metrics["Method/Threshold"]) == pytest.approx(method.threshold)  # the last step's own value
     folder = tmp_path / "runs" / "t" / "lenet" / "fmnist" / "eif0.3-emp0.5-all"
     assert (folder / "best.ckpt").is_file()
