@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from pathlib import Path
 from typing import Literal, Optional
 from urllib.error import URLError
@@ -32,7 +33,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision import models as tv
 
 from gradfilt import classifier_name
-from gradfilt.cost import measure
+from gradfilt.cost import estimate, measure
 from gradfilt.freeze import keep_bn_eval
 from gradfilt.fuse import fuse_bn as fold_bn
 from gradfilt.methods import Method, Vanilla, build_method
@@ -204,6 +205,8 @@ class ClassificationModule(pl.LightningModule):
                 calibrates; None otherwise.
         """
         hp = self.hparams
+        # full BP on every layer: what the share of computation a method saves is measured against
+        self.reference_cost = estimate(self.model, hp.image_size, "all")
         try:
             if batches is not None:
                 self.method.calibrate(self.model, batches)
@@ -232,6 +235,9 @@ class ClassificationModule(pl.LightningModule):
         if self.logger is not None:
             metrics = {"Cost/BackwardFLOPs": float(self.cost.backward_flops),
                        "Cost/ForwardFLOPs": float(self.cost.forward_flops),
+                       "Cost/OverheadFLOPs": float(self.cost.overhead_flops),
+                       "Cost/ReferenceFLOPs": float(self.reference_cost.forward_flops
+                                                    + self.reference_cost.backward_flops),
                        "Cost/ActivationBytes": float(self.cost.activation_bytes),
                        "Cost/TrainableParams": float(self.cost.trainable_params),
                        "Cost/MeasuredBytes": float(self.measured_bytes())}
@@ -277,6 +283,26 @@ class ClassificationModule(pl.LightningModule):
         for key, value in self.method.metrics().items():  # after the forward hooks: this step's values
             self.log(f"Method/{key}", value, on_step=True, on_epoch=False)
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._step_seconds = 0.0
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._synchronize()
+        self._step_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self._synchronize()
+        self._step_seconds += time.perf_counter() - self._step_started
+
+    def on_train_epoch_end(self) -> None:
+        # wall-clock of the epoch's training steps (method hooks, forward, backward, optimizer; no data
+        # loading, no validation)
+        self.log("Time/TrainStepSeconds", self._step_seconds, on_step=False, on_epoch=True)
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def on_before_backward(self, loss: Tensor) -> None:
         self.method.before_backward(self.model, loss, self.global_step)

@@ -6,9 +6,14 @@ accuracy, test accuracy when a test ran, backward FLOPs and activation memory fr
 model, the bytes autograd really kept in one step of one image, the trainable parameters and the
 *step memory*: the kept conv inputs plus one float32 gradient per trainable parameter, the
 quantity dynamic sparse update's budget bounds, and, where a method drops instances, the mean
-share of the training instances the main network saw, *kept %*) as Markdown; writes it as
-CSV, and plots accuracy against backward FLOPs (log scale, like the paper's Figure 4) and
-against activation memory. A row is one model: a fit and the evaluations of its checkpoints.
+share of the training instances the main network saw, *kept %*) as Markdown; for runs that
+logged them, the *training FLOPs* per instance of the data (the kept share of the main
+network's forward + backward plus a method's overhead, e.g. an instance filter's network:
+:func:`gradfilt.cost.training_flops`), the computation *saved* against full BP on every layer
+of the same network, and the median wall-clock of an epoch's training steps. Writes the table
+as CSV, and plots accuracy against backward FLOPs (log scale, like the paper's Figure 4),
+activation memory, step memory and training FLOPs. A row is one model: a fit and the
+evaluations of its checkpoints; ``--mean-over-seeds`` folds runs named ``<name>-s<seed>``.
 """
 
 from __future__ import annotations
@@ -16,20 +21,25 @@ from __future__ import annotations
 import argparse
 import csv
 import re
+import statistics
 from pathlib import Path
 from typing import Optional, Sequence
 
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gradfilt.cost import FLOAT_BYTES, format_bytes, format_flops
+from gradfilt.cost import FLOAT_BYTES, CostReport, format_bytes, format_flops, training_flops
 
 from .module import method_of
 
-__all__ = ["collect", "markdown", "write_csv", "plot", "main"]
+__all__ = ["collect", "mean_over_seeds", "markdown", "write_csv", "plot", "main"]
 
 COLUMNS = ["table", "model", "dataset", "method", "layers", "patch_size", "val_acc", "test_acc", "test_ckpt",
-           "backward_flops", "activation_bytes", "measured_bytes", "trainable_params", "step_bytes", "kept_fraction", "run"]
+           "backward_flops", "activation_bytes", "measured_bytes", "trainable_params", "step_bytes", "kept_fraction",
+           "training_flops", "computation_saved", "step_seconds", "seeds", "val_acc_std", "run"]
+MEASURED = ("val_acc", "test_acc", "backward_flops", "activation_bytes", "measured_bytes", "trainable_params",
+            "step_bytes", "kept_fraction", "training_flops", "computation_saved", "step_seconds")
+SEED_SUFFIX = re.compile(r"-s(\d+)$")  # run names of one configuration under several seeds: <name>-s<seed>
 
 
 def _scalars(run: Path) -> dict[str, list[float]]:
@@ -102,6 +112,15 @@ def _row(key: Path, evals: list[Path], scalars: dict, configs: dict) -> dict:
         return max(own[tag]) if own.get(tag) else None
 
     memory, params = best("Cost/ActivationBytes"), best("Cost/TrainableParams")
+    kept = (sum(own["Method/KeptFraction_epoch"]) / len(own["Method/KeptFraction_epoch"])
+            if own.get("Method/KeptFraction_epoch") else None)
+    training = reference = None
+    if own.get("Cost/ReferenceFLOPs") and own.get("Cost/ForwardFLOPs"):
+        report = CostReport(backward_flops=best("Cost/BackwardFLOPs"), activation_bytes=0, batch_size=1,
+                            patch_size=None, forward_flops=best("Cost/ForwardFLOPs"),
+                            overhead_flops=best("Cost/OverheadFLOPs") or 0)
+        training, reference = training_flops(report, 1.0 if kept is None else kept), best("Cost/ReferenceFLOPs")
+    seconds = own.get("Time/TrainStepSeconds")
     return {
         "table": cfg.get("table"),
         "model": model["arch"],
@@ -118,10 +137,40 @@ def _row(key: Path, evals: list[Path], scalars: dict, configs: dict) -> dict:
         # kept conv inputs + one float32 gradient per trainable parameter
         "step_bytes": None if memory is None or params is None else memory + FLOAT_BYTES * params,
         # share of the training instances the main network saw (methods that drop instances log it)
-        "kept_fraction": (sum(own["Method/KeptFraction_epoch"]) / len(own["Method/KeptFraction_epoch"])
-                          if own.get("Method/KeptFraction_epoch") else None),
+        "kept_fraction": kept,
+        # forward + backward (+ a method's overhead) per instance of the data, and its saving over full BP
+        "training_flops": training,
+        "computation_saved": None if training is None else 1 - training / reference,
+        # median wall-clock of an epoch's training steps
+        "step_seconds": statistics.median(seconds) if seconds else None,
+        "seeds": None,
+        "val_acc_std": None,
         "run": str(key),
     }
+
+
+def mean_over_seeds(rows: list[dict]) -> list[dict]:
+    """Rows of one configuration under several seeds (run names ``<name>-s<seed>`` in one table, model and
+    dataset) folded into one row named ``<name>``: numbers averaged, ``seeds`` counted, ``val_acc_std``
+    the sample standard deviation of the best validation accuracies. Other rows pass unchanged."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        name = SEED_SUFFIX.sub("", str(r["method"]))
+        groups.setdefault((r["table"], r["model"], r["dataset"], name if name != r["method"] else id(r)), []).append(r)
+    out = []
+    for key, members in groups.items():
+        if len(members) == 1 and not SEED_SUFFIX.search(str(members[0]["method"])):
+            out.append(members[0])
+            continue
+        row = dict(members[0], method=key[3], seeds=len(members), run=" ".join(m["run"] for m in members),
+                   test_ckpt=None)
+        for column in MEASURED:
+            values = [m[column] for m in members]
+            row[column] = None if None in values else statistics.fmean(values)
+        accs = [m["val_acc"] for m in members if m["val_acc"] is not None]
+        row["val_acc_std"] = statistics.stdev(accs) if len(accs) > 1 else None
+        out.append(row)
+    return sorted(out, key=_order)
 
 
 def _order(row: dict) -> tuple:
@@ -138,10 +187,18 @@ def _pct(value: Optional[float]) -> str:
 
 def markdown(rows: list[dict]) -> str:
     """The rows as a Markdown table (accuracies in %, FLOPs and bytes in the paper's units)."""
-    kept = any(r["kept_fraction"] is not None for r in rows)  # a column only where a method drops instances
+    # columns that only some runs have: the kept share where a method drops instances; the training
+    # computation and epoch time where the run logged them
+    optional = (("seeds", "seeds", str),
+                ("val acc std", "val_acc_std", _pct),
+                ("kept %", "kept_fraction", _pct),
+                ("training FLOPs", "training_flops", lambda v: format_flops(int(v))),
+                ("saved %", "computation_saved", _pct),
+                ("s / epoch", "step_seconds", lambda v: f"{v:.1f}"))
+    extra = [(title, key, fmt) for title, key, fmt in optional if any(r[key] is not None for r in rows)]
     lines = ["| model | dataset | method | #layers | patch | val acc % | test acc % | backward FLOPs | memory "
-             "| measured | trainable | step memory |" + (" kept % |" if kept else ""),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if kept else "")]
+             "| measured | trainable | step memory |" + "".join(f" {title} |" for title, _, _ in extra),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(extra)]
     for r in rows:
         flops = "-" if r["backward_flops"] is None else format_flops(int(r["backward_flops"]))
         mem, measured, step = ("-" if r[k] is None else format_bytes(int(r[k]))
@@ -151,7 +208,7 @@ def markdown(rows: list[dict]) -> str:
                      f"{r['patch_size'] if r['patch_size'] is not None else '-'} | {_pct(r['val_acc'])} | "
                      f"{_pct(r['test_acc'])} | {flops} | {mem} | {measured} | "
                      f"{'-' if params is None else f'{int(params):,}'} | {step} |"
-                     + (f" {_pct(r['kept_fraction'])} |" if kept else ""))
+                     + "".join(f" {'-' if r[key] is None else fmt(r[key])} |" for _, key, fmt in extra))
     tested = [r for r in rows if r["test_ckpt"]]
     if tested:
         lines += ["", "test acc % is of: " + "; ".join(f"{r['method']} {r['test_ckpt']}" for r in tested)]
@@ -168,21 +225,24 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 def plot(rows: list[dict], path: Path) -> None:
     """Accuracy against backward FLOPs, activation memory and step memory (log x, the cost model's
-    numbers), one series per model/dataset, points labelled by method."""
+    numbers) and, where runs logged it, training FLOPs per instance; one series per model/dataset,
+    points labelled by method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(19, 4.8), sharey=True)
+    panels = [("backward_flops", "backward FLOPs per image (cost model)"),
+              ("activation_bytes", "activation memory per image, bytes (cost model)"),
+              ("step_bytes", "step memory, bytes (activation memory + 4 B per trainable parameter)")]
+    if any(r["training_flops"] for r in rows):
+        panels.append(("training_flops", "training FLOPs per instance (kept share x (forward + backward) + overhead)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.3 * len(panels), 4.8), sharey=True)
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         if r["val_acc"] is not None and r["backward_flops"]:
             groups.setdefault((r["model"], r["dataset"]), []).append(r)
-    for ax, key, label in ((axes[0], "backward_flops", "backward FLOPs per image (cost model)"),
-                           (axes[1], "activation_bytes", "activation memory per image, bytes (cost model)"),
-                           (axes[2], "step_bytes", "step memory, bytes (activation memory + 4 B per trainable "
-                                                   "parameter)")):
+    for ax, (key, label) in zip(axes, panels):
         for (model, dataset), points in sorted(groups.items()):
             points = [p for p in points if p[key]]
             xs = [p[key] for p in points]
@@ -208,6 +268,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--csv", type=Path, default=None, help="default: <first root>/report.csv")
     parser.add_argument("--png", type=Path, default=None, help="default: <first root>/report.png")
     parser.add_argument("--all-versions", action="store_true", help="one row per fit, not only the newest per folder")
+    parser.add_argument("--mean-over-seeds", action="store_true",
+                        help="fold runs named <name>-s<seed> into one row per <name>: means, and the spread of val acc")
     args = parser.parse_args(argv)
     missing = [str(r) for r in args.roots if not r.is_dir()]
     if missing:
@@ -215,6 +277,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = collect(args.roots, args.all_versions)
     if not rows:
         parser.error(f"no runs (config.yaml + TensorBoard events) under {[str(r) for r in args.roots]}")
+    if args.mean_over_seeds:
+        rows = mean_over_seeds(rows)
     print(markdown(rows))
     csv_path = args.csv or args.roots[0] / "report.csv"
     png_path = args.png or args.roots[0] / "report.png"

@@ -54,6 +54,9 @@ every conv input (25.81 MB and 9.89 MB here); we report our count.
 *Forward FLOPs* (``CostReport.forward_flops``, for whole-training counts) are those of every conv
 and linear layer the forward pass runs: 2 * C_out * C_in/g * k^2 per output pixel, 2 * in * out per
 linear layer, plus one addition per input value for the patch sums a trained filtered conv keeps.
+*Overhead FLOPs* (``CostReport.overhead_flops``) are what a method spends per step outside the main
+network (early instance filtering's filter network, which sees every instance); *training FLOPs*
+(:func:`training_flops`) combine the three with the share of instances the main network trains on.
 
 :func:`measure` complements the analysis with what autograd really keeps (BN and
 activations included), through ``torch.autograd.graph.saved_tensors_hooks``.
@@ -83,7 +86,8 @@ from .models import ARCHS, build_model
 from .sparse import SparseConv2d
 from .trace import LayerCall, trace_layers
 
-__all__ = ["LayerCost", "CostReport", "conv_cost", "forward_cost", "pruned_conv_cost", "linear_cost", "estimate", "estimate_configured", "measure",
+__all__ = ["LayerCost", "CostReport", "training_flops", "conv_cost", "forward_cost", "pruned_conv_cost", "linear_cost",
+           "estimate", "estimate_configured", "measure",
            "print_report", "format_flops", "format_bytes", "main"]
 
 FLOAT_BYTES = 4
@@ -115,9 +119,25 @@ class CostReport:
     trainable_params: int = 0
     uncounted: list[str] = field(default_factory=list)
     forward_flops: int = 0
+    overhead_flops: int = 0  # per step, outside the main network (early instance filtering's filter network)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def training_flops(report: CostReport, kept_fraction: float = 1.0) -> float:
+    """Forward + backward FLOPs one training step costs, per ``report.batch_size`` instances of the data.
+
+    The main network's forward and backward run on the ``kept_fraction`` of the instances a method
+    trains on (1 unless it drops instances); its overhead (e.g. a filter network) runs on all of them.
+
+    Args:
+        report: a method's cost report.
+        kept_fraction: share of the instances the main network saw, in [0, 1].
+    """
+    if not 0 <= kept_fraction <= 1:
+        raise ValueError(f"kept_fraction must be in [0, 1], got {kept_fraction!r}")
+    return kept_fraction * (report.forward_flops + report.backward_flops) + report.overhead_flops
 
 
 def conv_cost(call: LayerCall, patch_size: Optional[int], grad_input: bool, batch: int,
@@ -488,8 +508,10 @@ def print_report(report: CostReport, measured: Optional[dict[str, dict[str, int]
               f"{'x'.join(map(str, layer.out_shape))} | {layer.patch_size or '-'} | "
               f"{'yes' if layer.needs_grad_input else 'no'} | {format_flops(layer.flops)} | "
               f"{format_bytes(layer.activation_bytes)} |")
+    overhead = (f"overhead FLOPs (outside the main network): {format_flops(report.overhead_flops)}  "
+                if report.overhead_flops else "")
     print(f"\ntotal backward FLOPs: {format_flops(report.backward_flops)}  "
-          f"forward FLOPs (every conv and linear layer): {format_flops(report.forward_flops)}  "
+          f"forward FLOPs (every conv and linear layer): {format_flops(report.forward_flops)}  {overhead}"
           f"activation memory (conv inputs): {format_bytes(report.activation_bytes)}  "
           f"trainable parameters: {report.trainable_params:,}  batch {report.batch_size}")
     if report.uncounted:

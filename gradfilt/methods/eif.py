@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import math
+from dataclasses import replace
 from typing import Any, Mapping, Optional, Union
 
 import torch
@@ -41,17 +42,28 @@ from ..models import cifar_resnet
 from .base import Method, build_method, register_method
 from .vanilla import Vanilla
 
-__all__ = ["EarlyInstanceFilter", "filter_network"]
+__all__ = ["EarlyInstanceFilter", "filter_network", "FILTER_NETWORKS"]
 
 
-def filter_network(in_channels: int, image_size: int) -> nn.Module:
-    """The paper's filter network for an input size: slim LeNet below 32x32, ResNet-8 from 32x32; 2 outputs.
+FILTER_NETWORKS = ("auto", "slim_lenet", "resnet8")
+
+
+def filter_network(in_channels: int, image_size: int, kind: str = "auto", input_size: Optional[int] = None) -> nn.Module:
+    """The paper's filter networks, 2 outputs (Low, High).
 
     Args:
         in_channels: channels of the input images.
         image_size: the input's smaller side.
+        kind: ``slim_lenet``, ``resnet8``, or ``auto``: slim LeNet below 32x32, ResNet-8 from 32x32 (of
+            what the filter sees).
+        input_size: the filter sees the images average-pooled to input_size x input_size (cheaper);
+            None: at their own size.
     """
-    if image_size >= 32:
+    if kind not in FILTER_NETWORKS:
+        raise ValueError(f"unknown filter network {kind!r}; valid: {list(FILTER_NETWORKS)}")
+    if input_size is not None:
+        return nn.Sequential(nn.AdaptiveAvgPool2d(input_size), filter_network(in_channels, input_size, kind))
+    if kind == "resnet8" or kind == "auto" and image_size >= 32:
         net = cifar_resnet(8, 2)
         if in_channels != 3:
             net[0] = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
@@ -78,12 +90,17 @@ class EarlyInstanceFilter(Method):
         entropy_threshold: predicted-Low instances above this prediction entropy (nats, at most
             ln 2) are trained on.
         filter_lr: the filter network's Adam learning rate.
+        filter_net: ``auto`` (the paper's choice by input size: slim LeNet below 32x32, ResNet-8 from
+            32x32), ``slim_lenet`` or ``resnet8``.
+        filter_input_size: the filter sees the images average-pooled to this size (e.g. 14 halves a
+            28x28 input, a quarter of the filter's FLOPs); None: at their own size.
         seed: seeds the filter network's initial weights.
     """
 
     def __init__(self, method: Union[None, Method, Mapping[str, Any], str] = None, target_ratio: float = 0.3,
                  initial_threshold: float = 1.0, a1: float = 1.05, a2: float = 0.95, window: int = 10,
-                 entropy_threshold: float = 0.6, filter_lr: float = 1e-3, seed: int = 0) -> None:
+                 entropy_threshold: float = 0.6, filter_lr: float = 1e-3, filter_net: str = "auto",
+                 filter_input_size: Optional[int] = None, seed: int = 0) -> None:
         if not 0 < target_ratio < 1:
             raise ValueError(f"target_ratio (R_set, the share of High instances) must be in (0, 1), got {target_ratio!r}")
         if not initial_threshold > 0:
@@ -96,6 +113,12 @@ class EarlyInstanceFilter(Method):
             raise ValueError(f"entropy_threshold must be in [0, ln 2 = {math.log(2):.4f}] nats, got {entropy_threshold!r}")
         if not filter_lr > 0:
             raise ValueError(f"filter_lr must be > 0, got {filter_lr!r}")
+        if filter_net not in FILTER_NETWORKS:
+            raise ValueError(f"unknown filter_net {filter_net!r}; valid: {list(FILTER_NETWORKS)}")
+        if filter_input_size is not None and (isinstance(filter_input_size, bool) or not isinstance(filter_input_size, int)
+                                              or filter_input_size < 8):
+            raise ValueError(f"filter_input_size must be None or an int >= 8 (pixels), got {filter_input_size!r}")
+        self.filter_net, self.filter_input_size = filter_net, filter_input_size
         self.inner = Vanilla(layers="all") if method is None else build_method(method)
         if isinstance(self.inner, EarlyInstanceFilter):
             raise ValueError("early instance filtering cannot wrap itself")
@@ -118,7 +141,8 @@ class EarlyInstanceFilter(Method):
         self.inner.apply(model, example_input)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            self.filter = filter_network(example_input.shape[1], min(example_input.shape[2:]))
+            self.filter = filter_network(example_input.shape[1], min(example_input.shape[2:]), self.filter_net,
+                                         self.filter_input_size)
         self._optimizer = torch.optim.Adam(self.filter.parameters(), lr=self.filter_lr)
         self.threshold = self.initial_threshold
         self._history.clear()
@@ -184,14 +208,26 @@ class EarlyInstanceFilter(Method):
         return self.inner.summary()
 
     def cost(self, model: nn.Module, image_size, batch_size: int = 1, in_channels: int = 3):
-        """The wrapped method's cost per instance trained on (instances the filter drops cost the main
-        network nothing; the filter's own cost is not in this report)."""
-        return self.inner.cost(model, image_size, batch_size, in_channels)
+        """The wrapped method's cost for the main network, per instance it trains on, with the filter
+        network's forward and backward on every instance as ``overhead_flops`` (its backward runs on the
+        whole batch: the dropped instances' rows are zeros, but they are computed). How many instances
+        the main network sees is known only while training: :func:`gradfilt.cost.training_flops`
+        combines the two with the kept share."""
+        from ..cost import estimate_configured
+
+        if self.filter is None:
+            raise RuntimeError("EarlyInstanceFilter.cost before apply()")
+        report = self.inner.cost(model, image_size, batch_size, in_channels)
+        own = estimate_configured(self.filter, image_size, batch_size, in_channels)
+        return replace(report, overhead_flops=report.overhead_flops + own.forward_flops + own.backward_flops)
 
     @property
     def tag(self) -> str:
-        """``eif<R_set>-<the wrapped method's tag>``, e.g. ``eif0.3-vanilla-all``."""
-        return f"eif{self.target_ratio:g}-{self.inner.tag}"
+        """``eif<R_set>[-<filter network>][-f<its input size>]-<the wrapped method's tag>``, e.g.
+        ``eif0.3-vanilla-all``, ``eif0.3-slim_lenet-f32-vanilla-4L``."""
+        net = "" if self.filter_net == "auto" else f"-{self.filter_net}"
+        size = "" if self.filter_input_size is None else f"-f{self.filter_input_size}"
+        return f"eif{self.target_ratio:g}{net}{size}-{self.inner.tag}"
 
     def fields(self) -> dict[str, Any]:
         return {**self.inner.fields(), "method": self.tag}

@@ -12,6 +12,7 @@ from classification.module import ClassificationModule, method_of
 from classification.report import collect, main as report_main
 from gradfilt import FilteredConv2d
 from gradfilt.cost import estimate
+from gradfilt.models import build_model
 
 REPO = Path(__file__).resolve().parents[2]
 CFG = REPO / "configs" / "classification"
@@ -320,3 +321,15 @@ def test_early_instance_filter_wrapping_error_map_pruning_trains_from_scratch(fm
     assert float(metrics["Method/Threshold"]) == pytest.approx(method.threshold)  # the last step's own value
     folder = tmp_path / "runs" / "t" / "lenet" / "fmnist" / "eif0.3-emp0.5-all"
     assert (folder / "best.ckpt").is_file()
+    # the report's training computation: the kept share of the main network's forward + backward, plus the
+    # filter network's on every instance, against full BP of the same network
+    (row,) = collect([tmp_path / "runs" / "t"])
+    size = cli.model.hparams.image_size
+    cost = method.cost(cli.model.model, size)
+    kept = row["kept_fraction"]
+    assert row["training_flops"] == pytest.approx(kept * (cost.forward_flops + cost.backward_flops)
+                                                  + cost.overhead_flops, rel=1e-6)
+    full = estimate(build_model("lenet", 10), size, "all")
+    assert row["computation_saved"] == pytest.approx(1 - row["training_flops"] / (full.forward_flops
+                                                                                 + full.backward_flops), rel=1e-6)
+    assert row["step_seconds"] > 0

@@ -82,4 +82,7 @@ def test_a_method_defined_in_a_test_file_runs_through_fit_cost_and_report(fmnist
     assert report_main([str(tmp_path / "runs" / "toy")]) == 0
     out = capsys.readouterr().out
     assert "| resnet18 | fmnist | toy-every4 | fc.bias | - |" in out
-    assert "| step memory | kept % |" in out and out.splitlines()[2].endswith("| 25.0 |")
+    assert "| step memory | kept % | training FLOPs | saved % | s / epoch |" in out
+    assert "| 40.00B | 25.0 |" in out.splitlines()[2]
+    # the main network's forward and backward on the quarter it trained on, nothing else
+    assert rows[0]["training_flops"] == 0.25 * (result["forward_flops"] + result["backward_flops"])

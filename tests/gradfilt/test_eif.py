@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gradfilt.cost import training_flops
 from gradfilt.emp import PrunedConv2d
 from gradfilt.methods import EarlyInstanceFilter, ErrorMapPruning, Vanilla, build_method
 from gradfilt.methods.eif import filter_network
@@ -43,6 +44,54 @@ def test_filter_network_is_sized_to_the_input(size, kind):
     else:  # ResNet-8: stem 16, three basic blocks of two convs with 16 / 32 / 64 filters
         assert [c.out_channels for c in convs] == [16, 16, 16, 32, 32, 64, 64]
     assert filter_network(1, size)(torch.randn(2, 1, size, size)).shape == (2, 2)
+
+
+def test_filter_network_choice_and_input_size():
+    assert [c.out_channels for c in filter_network(3, 28, "resnet8").modules() if isinstance(c, nn.Conv2d)][0] == 16
+    assert len([c for c in filter_network(3, 64, "slim_lenet").modules() if isinstance(c, nn.Conv2d)]) == 2
+    net = filter_network(3, 28, input_size=14)
+    assert isinstance(net[0], nn.AdaptiveAvgPool2d) and net(torch.randn(2, 3, 28, 28)).shape == (2, 2)
+    x = torch.randn(2, 3, 28, 28)
+    assert torch.equal(net[0](x), F.avg_pool2d(x, 2))  # what it sees: 2x2 means
+    with pytest.raises(ValueError, match=r"unknown filter network 'vgg'; valid: \['auto', 'slim_lenet', 'resnet8'\]"):
+        filter_network(3, 28, "vgg")
+    method = EarlyInstanceFilter(filter_net="slim_lenet", filter_input_size=32)
+    method.apply(build_model("resnet18", 10), torch.zeros(1, 3, 96, 96))
+    assert method.tag == "eif0.3-slim_lenet-f32-vanilla-all"
+    assert [type(m).__name__ for m in method.filter[:2]] == ["AdaptiveAvgPool2d", "Sequential"]
+    assert method.filter[0].output_size == 32 and isinstance(method.filter[1][0], nn.Conv2d)
+
+
+def test_the_filter_networks_forward_and_backward_are_the_methods_overhead():
+    model = build_model("lenet", 10)
+    method = EarlyInstanceFilter(filter_input_size=None)
+    method.apply(model, torch.zeros(1, 3, 28, 28))
+    report = method.cost(model, 28)
+    inner = Vanilla(layers="all").cost(model, 28)
+    assert (report.forward_flops, report.backward_flops) == (inner.forward_flops, inner.backward_flops)
+    # slim LeNet on 3x28x28, by hand: convs 3x3 6 (28x28) and 16 (14x14), linear 256 -> 2
+    forward = 2 * 6 * 3 * 9 * 28 * 28 + 2 * 16 * 6 * 9 * 14 * 14 + 2 * 256 * 2
+    # the cost model's convention: a trained conv's weight (k^2 + 1) * C_out * C_in per output pixel, its
+    # grad_x 2 * C_out * C_in * k^2 per output pixel; a trained linear layer 3 * in * out
+    backward = (10 * 6 * 3 * 28 * 28  # conv1: weight, no grad_x (the images need none)
+                + 10 * 16 * 6 * 14 * 14 + 2 * 16 * 6 * 9 * 14 * 14  # conv2: weight, grad_x
+                + 3 * 256 * 2)  # linear
+    assert report.overhead_flops == forward + backward
+    assert training_flops(report, 0.25) == 0.25 * (inner.forward_flops + inner.backward_flops) + forward + backward
+    smaller = EarlyInstanceFilter(filter_input_size=14)
+    smaller.apply(build_model("lenet", 10), torch.zeros(1, 3, 28, 28))
+    assert smaller.tag == "eif0.3-f14-vanilla-all"
+    assert smaller.cost(model, 28).overhead_flops < report.overhead_flops / 3.5
+    with pytest.raises(RuntimeError, match="before apply"):
+        EarlyInstanceFilter().cost(model, 28)
+
+
+def test_training_flops():
+    report = Vanilla(layers="all").cost(build_model("lenet", 10), 28)
+    assert training_flops(report) == report.forward_flops + report.backward_flops
+    assert training_flops(report, 0.0) == 0
+    with pytest.raises(ValueError, match=r"kept_fraction must be in \[0, 1\], got 1.5"):
+        training_flops(report, 1.5)
 
 
 def test_low_instances_skip_and_the_filter_learns_the_self_supervised_label():
@@ -129,6 +178,8 @@ def test_composes_with_error_map_pruning_and_filters():
     ({"entropy_threshold": 1.0}, r"entropy_threshold must be in \[0, ln 2"),
     ({"method": {"type": "eif"}}, r"cannot wrap itself"),
     ({"method": {"type": "nope"}}, r"unknown method 'nope'"),
+    ({"filter_net": "vgg"}, r"unknown filter_net 'vgg'; valid: \['auto', 'slim_lenet', 'resnet8'\]"),
+    ({"filter_input_size": 4}, r"filter_input_size must be None or an int >= 8"),
 ])
 def test_config_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
