@@ -24,7 +24,7 @@ composes with any method by configuration. At least one instance of every batch 
 likely High), so a step never empties and data-parallel ranks stay in step.
 
 The paper gives no values for R_set's companions a1, a2, the window n, the entropy threshold or the
-initial T_l; the defaults here are placeholders until a sweep on Fashion-MNIST sets them.
+initial T_l; the defaults here come from a sweep on Fashion-MNIST (``docs/methods.md``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ the gradient filter's own backward on the subset). Grouped and depthwise convs k
 (or, with ``patch_size``, filtered) backward.
 
 The paper does not give g1, g2 or alpha; the defaults here (alpha 0.5, g1 0, g2 1: the error map's
-magnitude alone) are placeholders until a sweep on Fashion-MNIST sets them, and all three are
+magnitude alone) come from a sweep on Fashion-MNIST (``docs/methods.md``), and all three are
 configurable.
 """
 
