@@ -27,7 +27,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 from jsonargparse import Namespace
 
-from gradfilt.cost import measure, print_report
+from gradfilt.cost import format_flops, measure, print_report, training_flops
 
 from .data import ClassificationData, num_classes_of
 from .module import ClassificationModule, calibration_batches, method_of
@@ -249,7 +249,8 @@ def cost_main(argv: Sequence[str]) -> dict:
     config = resolve_config([a for a in argv if a not in own])
     module = configured_model(config)
     report = module.cost
-    result = report.to_dict() | {"method": module.method.tag}
+    result = report.to_dict() | {"method": module.method.tag, "training_flops": training_flops(report),
+                                 "reference_flops": module.reference_flops}
     if "--measure" in flags:
         module.train()  # the run's train/eval flags (frozen BN stays in eval mode)
         size = module.hparams.image_size
@@ -260,4 +261,7 @@ def cost_main(argv: Sequence[str]) -> dict:
         print(f"method {module.method.tag} on {module.hparams.arch}, {module.hparams.image_size}x"
               f"{module.hparams.image_size}, {module.hparams.num_classes} classes")
         print_report(report, result.get("measured_bytes"))
+        saved = 1 - result["training_flops"] / result["reference_flops"]
+        print(f"training FLOPs per instance, every instance trained on: {format_flops(result['training_flops'])} "
+              f"(full BP on every layer: {format_flops(result['reference_flops'])}, {100 * saved:.1f} % saved)")
     return result

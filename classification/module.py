@@ -33,7 +33,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision import models as tv
 
 from gradfilt import classifier_name
-from gradfilt.cost import estimate, measure
+from gradfilt.cost import estimate, measure, training_flops
 from gradfilt.freeze import keep_bn_eval
 from gradfilt.fuse import fuse_bn as fold_bn
 from gradfilt.methods import Method, Vanilla, build_method
@@ -205,8 +205,8 @@ class ClassificationModule(pl.LightningModule):
                 calibrates; None otherwise.
         """
         hp = self.hparams
-        # full BP on every layer: what the share of computation a method saves is measured against
-        self.reference_cost = estimate(self.model, hp.image_size, "all")
+        # forward + backward of full BP on every layer: what a method's saved computation is measured against
+        self.reference_flops = training_flops(estimate(self.model, hp.image_size, "all"))
         try:
             if batches is not None:
                 self.method.calibrate(self.model, batches)
@@ -236,8 +236,7 @@ class ClassificationModule(pl.LightningModule):
             metrics = {"Cost/BackwardFLOPs": float(self.cost.backward_flops),
                        "Cost/ForwardFLOPs": float(self.cost.forward_flops),
                        "Cost/OverheadFLOPs": float(self.cost.overhead_flops),
-                       "Cost/ReferenceFLOPs": float(self.reference_cost.forward_flops
-                                                    + self.reference_cost.backward_flops),
+                       "Cost/ReferenceFLOPs": float(self.reference_flops),
                        "Cost/ActivationBytes": float(self.cost.activation_bytes),
                        "Cost/TrainableParams": float(self.cost.trainable_params),
                        "Cost/MeasuredBytes": float(self.measured_bytes())}
@@ -288,21 +287,18 @@ class ClassificationModule(pl.LightningModule):
         self._step_seconds = 0.0
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        self._synchronize()
+        # the device is idle here: the previous step ended synchronized (validation, with its metrics)
         self._step_started = time.perf_counter()
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        self._synchronize()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         self._step_seconds += time.perf_counter() - self._step_started
 
     def on_train_epoch_end(self) -> None:
         # wall-clock of the epoch's training steps (method hooks, forward, backward, optimizer; no data
         # loading, no validation)
         self.log("Time/TrainStepSeconds", self._step_seconds, on_step=False, on_epoch=True)
-
-    def _synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
     def on_before_backward(self, loss: Tensor) -> None:
         self.method.before_backward(self.model, loss, self.global_step)

@@ -153,16 +153,15 @@ def mean_over_seeds(rows: list[dict]) -> list[dict]:
     """Rows of one configuration under several seeds (run names ``<name>-s<seed>`` in one table, model and
     dataset) folded into one row named ``<name>``: numbers averaged, ``seeds`` counted, ``val_acc_std``
     the sample standard deviation of the best validation accuracies. Other rows pass unchanged."""
-    groups: dict[tuple, list[dict]] = {}
+    out, groups = [], {}
     for r in rows:
         name = SEED_SUFFIX.sub("", str(r["method"]))
-        groups.setdefault((r["table"], r["model"], r["dataset"], name if name != r["method"] else id(r)), []).append(r)
-    out = []
-    for key, members in groups.items():
-        if len(members) == 1 and not SEED_SUFFIX.search(str(members[0]["method"])):
-            out.append(members[0])
-            continue
-        row = dict(members[0], method=key[3], seeds=len(members), run=" ".join(m["run"] for m in members),
+        if name == r["method"]:  # not a seeded run
+            out.append(r)
+        else:
+            groups.setdefault((r["table"], r["model"], r["dataset"], name), []).append(r)
+    for (*_, name), members in groups.items():
+        row = dict(members[0], method=name, seeds=len(members), run=" ".join(m["run"] for m in members),
                    test_ckpt=None)
         for column in MEASURED:
             values = [m[column] for m in members]

@@ -11,7 +11,7 @@ from classification.cli import main
 from classification.module import ClassificationModule, method_of
 from classification.report import collect, main as report_main
 from gradfilt import FilteredConv2d
-from gradfilt.cost import estimate
+from gradfilt.cost import estimate, training_flops
 from gradfilt.models import build_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -161,6 +161,12 @@ def test_cost_takes_the_configs_and_overrides_of_fit(capsys):
     assert result["backward_flops"] == pytest.approx(64.21e6, rel=0.01)  # Table 11, ResNet-34 CIFAR-100 R2 4L
     assert result["patch_size"] == {"layer4.1.conv1": 2, "layer4.1.conv2": 2, "layer4.2.conv1": 2,
                                     "layer4.2.conv2": 2}
+    # the computation saved is measured against full BP on every layer of the same network
+    assert result["training_flops"] == result["forward_flops"] + result["backward_flops"]
+    assert result["reference_flops"] == training_flops(estimate(build_model("resnet34", 100), 224, "all"))
+    assert main(["cost", *argv, "--model.method.layers", "4"]) is None
+    saved = 100 * (1 - result["training_flops"] / result["reference_flops"])
+    assert capsys.readouterr().out.splitlines()[-1].endswith(f", {saved:.1f} % saved)")
     assert main(["cost", *argv, "--model.method.patch_size", "4", "--json"]) is None  # layers 2 from r2.yaml
     assert json.loads(capsys.readouterr().out)["method"] == "R4-2L"
     with pytest.raises(SystemExit):
