@@ -1,4 +1,4 @@
-"""``python -m classification {fit,validate,test,cost} --config A.yaml [--config B.yaml ...] [--key value ...]``.
+"""``python -m classification {fit,validate,test,cost,search} --config A.yaml [--config B.yaml ...] [--key value ...]``.
 
 LightningCLI over :class:`ClassificationModule` and :class:`ClassificationData`: their typed
 ``__init__`` signatures are the schema (unknown keys are errors), ``data.dataset`` fills
@@ -9,6 +9,7 @@ LightningCLI over :class:`ClassificationModule` and :class:`ClassificationData`:
 ``<runs_dir>/<table>/<arch>/<dataset>/<run_name or method tag>/best.ckpt`` for the next stage.
 ``cost`` takes the same configs and overrides as ``fit`` and prints the method's cost table
 (``--json``: one JSON object; ``--measure``: also the bytes autograd keeps in one real step).
+``search`` takes them too and runs the budgeted configuration search (classification/search.py).
 """
 
 from __future__ import annotations
@@ -181,6 +182,11 @@ def main(args: Optional[Sequence[str]] = None, run: bool = True) -> Optional[Cla
     argv = list(sys.argv[1:] if args is None else args)
     if run and argv[:1] == ["cost"]:
         cost_main(argv[1:])
+        return None
+    if run and argv[:1] == ["search"]:
+        from .search import search_main
+
+        search_main(argv[1:])
         return None
     checkpoint = ModelCheckpoint(monitor="Val/Acc", mode="max", filename="best-{epoch}", save_last=True)
     cli = ClassificationCLI(

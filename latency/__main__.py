@@ -5,7 +5,8 @@
     python -m latency --mode step [--archs mobilenet_v2 resnet18] [--layers 2 4] [--methods A.yaml B.yaml ...] [--fuse-bn]
     python -m latency --mode parts [--cases table10 ...] [--patch-sizes 2 4] [--repeats N] [--min-time S] [--malloc ...]
 
-A FILE case list is a CSV with columns name,c_in,c_out,h,w[,kernel,stride,padding,dilation,groups].
+The resnet18 / mobilenet_v2 case sets are the networks' distinct conv geometries at ``--image-size``
+(default 224). A FILE case list is a CSV with columns name,c_in,c_out,h,w[,kernel,stride,padding,dilation,groups].
 ``--mode step`` sets the network up with each method config (the classification YAML files,
 default ``configs/classification/methods/{vanilla,r2,r4}.yaml``) at each ``--layers`` N (methods
 without ``layers``, such as sparse update and TinyTL, as configured, once per arch with the first N)
@@ -38,13 +39,13 @@ from .bench import (PARTS, ConvCase, bench_case, bench_parts, bench_steps, keep_
 METHODS_DIR = Path(__file__).resolve().parents[1] / "configs" / "classification" / "methods"
 DEFAULT_METHODS = [METHODS_DIR / f"{name}.yaml" for name in ("vanilla", "r2", "r4")]
 
-CASE_SETS = {"table10": table10_cases, "resnet18": lambda: model_cases("resnet18"),
-             "mobilenet_v2": lambda: model_cases("mobilenet_v2")}
+CASE_SETS = {"table10": lambda size: table10_cases(), "resnet18": lambda size: model_cases("resnet18", size),
+             "mobilenet_v2": lambda size: model_cases("mobilenet_v2", size)}
 
 
-def _load_cases(spec: str) -> list[ConvCase]:
+def _load_cases(spec: str, image_size: int = 224) -> list[ConvCase]:
     if spec in CASE_SETS:
-        return CASE_SETS[spec]()
+        return CASE_SETS[spec](image_size)
     path = Path(spec)
     if not path.is_file():
         raise ValueError(f"unknown case set {spec!r}: valid sets are {sorted(CASE_SETS)} or a CSV file")
@@ -170,7 +171,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="--mode step: the methods' layers (the paper's #Layers, or all)")
     parser.add_argument("--methods", type=Path, nargs="+", default=DEFAULT_METHODS, metavar="YAML",
                         help="--mode step: method configs (classification YAML); the first is the baseline")
-    parser.add_argument("--image-size", type=int, default=224, help="--mode step input size")
+    parser.add_argument("--image-size", type=int, default=224,
+                        help="input size of --mode step and of the resnet18 / mobilenet_v2 case sets")
     parser.add_argument("--fuse-bn", action="store_true",
                         help="--mode step: fold BatchNorm into the convs before each method is applied, as the "
                              "fine-tuning recipes do (needed by sparse_update.yaml and tinytl.yaml)")
@@ -211,7 +213,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"\nwrote {args.out / 'step.csv'}")
         return 0
     try:
-        cases = [c for spec in args.cases for c in _load_cases(spec)]
+        cases = [c for spec in args.cases for c in _load_cases(spec, args.image_size)]
     except (ValueError, TypeError) as err:
         parser.error(str(err))
     if args.mode == "parts":

@@ -218,7 +218,8 @@ def bench_case(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: t
         t_filt = _spread(times[f"filtered {r}"])
         mem_filt = measure(FilteredConv2d.from_conv(conv, r), x.detach())["total"]
         rows.append({
-            "case": case.name, "batch": batch, "patch_size": r, "device": device.type,
+            "case": case.name, **{k: v for k, v in asdict(case).items() if k != "name"},
+            "batch": batch, "patch_size": r, "device": device.type,
             "kernels": "compiled" if _native.usable(x) else "pytorch",
             "torch_ms": 1e3 * t_torch[0], "torch_min_ms": 1e3 * t_torch[1], "torch_max_ms": 1e3 * t_torch[2],
             "filtered_ms": 1e3 * t_filt[0], "filtered_min_ms": 1e3 * t_filt[1], "filtered_max_ms": 1e3 * t_filt[2],

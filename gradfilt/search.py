@@ -1,0 +1,790 @@
+"""Budgeted configuration search, after FLASH (Li, Mandal, Ogras, Marculescu, CODES+ISSS 2021).
+
+Which of the last K convs train, and with which gradient (exact, or filtered with patch size r),
+so that predicted accuracy is highest under budgets on activation memory, backward FLOPs and
+measured backward latency. A *configuration* is one choice index per searched layer, in forward
+order (earliest first): 0 frozen, 1 vanilla BP, 2.. the patch sizes of the space. The classifier
+always trains (the paper's "#Layers" convention).
+
+The pieces, each usable on its own:
+
+* :class:`SearchSpace` -- the searched layers (:func:`search_space`: the last K main-path convs)
+  and the patch sizes; labels such as ``____VV24`` (``_`` frozen, ``V`` vanilla, a digit r).
+* :class:`CostTables` (:func:`cost_tables`) -- exact costs of every configuration from the cost
+  model (:mod:`gradfilt.cost`). The searched convs form a chain, so a configuration's cost is a
+  sum of per-layer terms given the earliest trained layer e (which decides which layers need their
+  input gradient): ``cost = sum_i own[i, c_i, e] + rest[e]``. Tests check the tables against
+  :func:`gradfilt.cost.estimate_configured` of the configured model.
+* :class:`LatencyModel` -- per-layer backward latency fitted on measurements (the latency
+  benchmark's ``conv.csv``): per kind (torch's conv backward, the filtered backward) a
+  non-negative least-squares fit of time on FLOPs and on the elements read and written, with its
+  fit error and leave-one-out error.
+* :func:`gradient_fidelity` -- the training-free accuracy proxy: per layer and patch size, the
+  cosine similarity between the filtered and the exact weight gradient (the quantity behind the
+  paper's Proposition 1) on a few real batches; 1 for vanilla, 0 for frozen.
+  :class:`AccuracyPredictor` scores a configuration by the proxy (sum over trained layers: depth
+  weighted by gradient fidelity) or, fitted on a few measured fine-tunes (FLASH's few-sample
+  predictor), by a ridge regression on [proxy, depth] with its cross-validated rank correlation.
+* :func:`search` -- FLASH's hierarchical SHGO: depth first (the earliest trained layer, each
+  value in turn), then ``scipy.optimize.shgo`` over a continuous relaxation of the per-layer
+  choices (levels ordered by cost, costs and scores interpolated linearly between them), rounded
+  to the neighbouring integer configurations and polished by moves of one or two layers, every candidate
+  checked against the exact tables; :func:`exhaustive` enumerates the whole space (vectorized) to
+  check it. :func:`method_config` turns a configuration into the classification CLI's method
+  config; :func:`pareto_front` gives the best predicted accuracy per memory.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .cost import _image_size, _trace, conv_cost, linear_cost
+from .freeze import classifier_of
+from .functional import check_patch_size, filtered_conv2d
+from .trace import LayerCall, trace_layers
+
+__all__ = ["SearchSpace", "search_space", "CostTables", "cost_tables", "LatencyModel", "gradient_fidelity",
+           "AccuracyPredictor", "SearchResult", "search", "exhaustive", "pareto_front", "method_config", "method_tag",
+           "config_from_tag", "sample_configs", "spearman", "parse_budget", "METRICS"]
+
+FROZEN, VANILLA = 0, 1
+METRICS = ("activation_bytes", "backward_flops", "latency_ms")
+_SYMBOLS = {FROZEN: "_", VANILLA: "V"}
+
+
+# --- the space ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SearchSpace:
+    """The searched layers and the choices each has.
+
+    Attributes:
+        layers: dotted conv names, forward order (earliest first).
+        patch_sizes: the filtered choices' r (choice index 2 + j is ``patch_sizes[j]``); r = 1 is the
+            filtered op with 1x1 patches, whose gradient is the exact one on stride-1 convs (a check of
+            the proxy; a strided conv's filter collapses its kernel even then, see gradfilt.functional).
+        classifier: the classifier layer (always trained).
+    """
+
+    layers: tuple[str, ...]
+    patch_sizes: tuple[int, ...]
+    classifier: str
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise ValueError("a search space needs at least one layer")
+        for r in self.patch_sizes:
+            check_patch_size(r)
+            if r > 9:
+                raise ValueError(f"searched patch sizes are 1..9 (one character in a label), got {r}")
+        if len(set(self.patch_sizes)) != len(self.patch_sizes):
+            raise ValueError(f"patch sizes repeat: {self.patch_sizes}")
+
+    @property
+    def n_choices(self) -> int:
+        return 2 + len(self.patch_sizes)
+
+    @property
+    def size(self) -> int:
+        """Number of configurations."""
+        return self.n_choices ** len(self.layers)
+
+    def patch_size(self, choice: int) -> Optional[int]:
+        """r of a choice index (None for frozen and vanilla)."""
+        return self.patch_sizes[choice - 2] if choice >= 2 else None
+
+    def label(self, config: Sequence[int]) -> str:
+        """``_`` frozen, ``V`` vanilla, r filtered; one character per layer, earliest first (usable as a run name)."""
+        self.check(config)
+        return "".join(_SYMBOLS.get(int(c), str(self.patch_size(int(c)))) for c in config)
+
+    def parse(self, label: str) -> tuple[int, ...]:
+        """The configuration of a :meth:`label`."""
+        by_symbol = {"_": FROZEN, "V": VANILLA, **{str(r): 2 + j for j, r in enumerate(self.patch_sizes)}}
+        if len(label) != len(self.layers) or any(s not in by_symbol for s in label):
+            raise ValueError(f"{label!r} is not a configuration label of this space: {len(self.layers)} characters "
+                             f"from {sorted(by_symbol)}")
+        return tuple(by_symbol[s] for s in label)
+
+    def check(self, config: Sequence[int]) -> None:
+        if len(config) != len(self.layers) or any(not 0 <= int(c) < self.n_choices for c in config):
+            raise ValueError(f"a configuration has {len(self.layers)} choices in [0, {self.n_choices}), "
+                             f"got {tuple(config)}")
+
+    def all_configs(self) -> np.ndarray:
+        """Every configuration, (size, K) int8, in lexicographic order."""
+        k = len(self.layers)
+        grids = np.indices((self.n_choices,) * k, dtype=np.int8)
+        return grids.reshape(k, -1).T.copy()
+
+
+def search_space(model: nn.Module, example_input: Tensor, last: int, patch_sizes: Sequence[int] = (2, 4, 7)
+                 ) -> SearchSpace:
+    """The last ``last`` main-path convs of ``model`` (the paper's "#Layers" order) and ``patch_sizes``.
+
+    Args:
+        model: the network as the run sees it before a method is applied (BN folded if it folds).
+        example_input: one input batch.
+        last: K, how many convs the search covers.
+        patch_sizes: r values of the filtered choices.
+    """
+    calls = trace_layers(model, example_input)
+    convs = [c.name for c in calls if isinstance(c.module, nn.Conv2d) and not c.shortcut]
+    if isinstance(last, bool) or not isinstance(last, int) or not 1 <= last <= len(convs):
+        raise ValueError(f"last must be an int in [1, {len(convs)}] (the model's main-path convs), got {last!r}")
+    return SearchSpace(tuple(convs[-last:]), tuple(int(r) for r in patch_sizes), classifier_of(calls))
+
+
+def earliest(configs: np.ndarray) -> np.ndarray:
+    """Index of the earliest trained layer per configuration (K when none trains)."""
+    configs = np.atleast_2d(configs)
+    trained = configs != FROZEN
+    k = configs.shape[1]
+    return np.where(trained.any(1), trained.argmax(1), k)
+
+
+# --- exact costs --------------------------------------------------------------------------------
+@dataclass
+class CostTables:
+    """Exact per-layer decomposition of every configuration's costs.
+
+    Attributes:
+        space: the search space.
+        own: metric -> (K, n_choices, K + 1) cost of layer i with choice c when the earliest trained
+            layer is e (entries with c != frozen for i < e are never used).
+        rest: metric -> (K + 1,) cost of every other layer (shortcut convs, earlier frozen convs, the
+            classifier) given e.
+        batch_size: images per step the FLOPs and bytes are counted for.
+    """
+
+    space: SearchSpace
+    own: dict[str, np.ndarray]
+    rest: dict[str, np.ndarray]
+    batch_size: int = 1
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return tuple(self.own)
+
+    def evaluate(self, configs: Union[Sequence[int], np.ndarray]) -> dict[str, np.ndarray]:
+        """metric -> cost of each configuration (rows of ``configs``)."""
+        configs = np.atleast_2d(np.asarray(configs, dtype=np.int64))
+        e = earliest(configs)
+        rows = np.arange(configs.shape[1])
+        return {m: self.own[m][rows[None, :], configs, e[:, None]].sum(1) + self.rest[m][e] for m in self.metrics}
+
+
+def _grad_flags(model: nn.Module, space: SearchSpace, example: Tensor) -> list[dict[str, bool]]:
+    """For each earliest trained layer e (K: none), which traced layers' inputs need a gradient."""
+    probe = copy.deepcopy(model)
+    modules = dict(probe.named_modules())
+    flags = []
+    for e in range(len(space.layers) + 1):
+        for p in probe.parameters():
+            p.requires_grad_(False)
+        for p in modules[space.classifier].parameters():
+            p.requires_grad_(True)
+        if e < len(space.layers):
+            modules[space.layers[e]].weight.requires_grad_(True)
+        flags.append({c.name: c.grad_input for c in trace_layers(probe, example)})
+        later = [name for name in space.layers[e + 1:] if not flags[-1][name]]
+        if later:
+            raise ValueError(f"the searched layers do not form a chain: training {space.layers[e]} gives no "
+                             f"gradient to {later}")
+    return flags
+
+
+def cost_tables(model: nn.Module, space: SearchSpace, image_size: Union[int, Sequence[int]],
+                batch_size: int = 1, in_channels: int = 3, latency: Optional["LatencyModel"] = None) -> CostTables:
+    """Activation bytes and backward FLOPs (and, with ``latency``, predicted backward ms) of every configuration.
+
+    Args:
+        model: the network before a method is applied.
+        space: the search space.
+        image_size: S or (H, W).
+        batch_size: images per step for bytes and FLOPs (the paper's columns use 1).
+        in_channels: channels of the input image.
+        latency: a fitted :class:`LatencyModel`; its table is at the batch it was measured with.
+    """
+    h, w = _image_size(image_size)
+    calls = _trace(model, h, w, in_channels)
+    by_name = {c.name: c for c in calls}
+    missing = [n for n in (*space.layers, space.classifier) if n not in by_name]
+    if missing:
+        raise ValueError(f"layers {missing} of the search space are not run by the model's forward pass")
+    flags = _grad_flags(model, space, torch.zeros(1, in_channels, h, w))
+    k, n = len(space.layers), space.n_choices
+    searched = set(space.layers)
+
+    def layer_terms(cost_of: Callable[[LayerCall, Optional[int], bool, bool], float]):
+        own = np.zeros((k, n, k + 1))
+        rest = np.zeros(k + 1)
+        for e, flag in enumerate(flags):
+            for i, name in enumerate(space.layers):
+                for c in range(n):
+                    own[i, c, e] = cost_of(by_name[name], space.patch_size(c), flag[name], c != FROZEN)
+            rest[e] = sum(cost_of(call, None, flag[call.name], call.name == space.classifier)
+                          for call in calls if call.name not in searched)
+        return own, rest
+
+    def exact(index: int, batch: int):
+        def cost_of(call, r, grad_input, trains):
+            if isinstance(call.module, nn.Conv2d):
+                return conv_cost(call, r, grad_input, batch, weight=trains)[index]
+            return linear_cost(call, grad_input, batch, weight=trains) if index == 0 else 0
+        return cost_of
+
+    own, rest = {}, {}
+    own["backward_flops"], rest["backward_flops"] = layer_terms(exact(0, batch_size))
+    own["activation_bytes"], rest["activation_bytes"] = layer_terms(exact(1, batch_size))
+    if latency is not None:
+        own["latency_ms"], rest["latency_ms"] = layer_terms(latency.layer_ms)
+    return CostTables(space, own, rest, batch_size)
+
+
+# --- latency ------------------------------------------------------------------------------------
+def _conv_call(row: Mapping) -> LayerCall:
+    """A LayerCall for a benchmark row's geometry (the conv on the meta device: no memory)."""
+    g = {k: int(row[k]) for k in ("c_in", "c_out", "h", "w", "kernel", "stride", "padding", "dilation", "groups")}
+    conv = nn.Conv2d(g["c_in"], g["c_out"], g["kernel"], g["stride"], g["padding"], g["dilation"], g["groups"],
+                     device="meta")
+    size = [(n + 2 * g["padding"] - g["dilation"] * (g["kernel"] - 1) - 1) // g["stride"] + 1 for n in (g["h"], g["w"])]
+    return LayerCall(str(row.get("case", "")), conv, (g["c_in"], g["h"], g["w"]), (g["c_out"], *size), False)
+
+
+@dataclass
+class LatencyModel:
+    """Backward milliseconds of one layer, fitted per kind on measured conv backwards.
+
+    ``ms = a + b * MFLOPs + c * M elements + d * M weights (strided layers)`` with a, b, c, d >= 0,
+    where FLOPs are the cost model's for the layer's backward, elements are those of its input and
+    output maps (read and written) and the last term is the weight size of a strided conv (whose
+    backward works per stride phase). Kinds: ``vanilla`` (torch's conv backward; also used for a
+    frozen layer's input gradient) and ``filtered`` (every patch size). Linear layers cost their
+    FLOPs at the vanilla rate. Convs with fewer than ``min_channels`` input channels (an RGB stem,
+    whose weight gradient takes a path of its own in torch and which the search does not cover) are
+    left out of the fit.
+
+    Attributes:
+        coef: kind -> (a, b, c, d).
+        batch_size: the batch the measurements were taken at.
+        fit_error: kind -> mean absolute relative error on the measurements.
+        loo_error: kind -> the same, each measurement predicted by a fit without it.
+        points: kind -> number of measurements.
+    """
+
+    coef: dict[str, tuple[float, ...]]
+    batch_size: int
+    fit_error: dict[str, float] = field(default_factory=dict)
+    loo_error: dict[str, float] = field(default_factory=dict)
+    points: dict[str, int] = field(default_factory=dict)
+
+    @staticmethod
+    def _features(call: LayerCall, r: Optional[int], grad_input: bool, trains: bool, batch: int) -> np.ndarray:
+        flops = conv_cost(call, r, grad_input, batch, weight=trains)[0]
+        elements = batch * (math.prod(call.in_shape) + math.prod(call.out_shape))
+        strided = call.module.weight.numel() if max(call.module.stride) > 1 else 0
+        return np.array([1.0, flops / 1e6, elements / 1e6, strided / 1e6])
+
+    @classmethod
+    def fit(cls, rows: Iterable[Mapping], min_channels: int = 8) -> "LatencyModel":
+        """Fit on the latency benchmark's conv rows (``python -m latency --out DIR``: ``DIR/conv.csv``).
+
+        Each row needs the geometry (c_in, c_out, h, w, kernel, stride, padding, dilation, groups),
+        batch, patch_size, torch_ms and filtered_ms. A case appears once per patch size; its torch
+        time is used once.
+        """
+        from scipy.optimize import nnls
+
+        data: dict[str, list[tuple[np.ndarray, float]]] = {"vanilla": [], "filtered": []}
+        seen, batches = set(), set()
+        for row in rows:
+            if int(row["c_in"]) < min_channels:
+                continue
+            call, batch = _conv_call(row), int(row["batch"])
+            batches.add(batch)
+            if row.get("case") not in seen:
+                seen.add(row.get("case"))
+                data["vanilla"].append((cls._features(call, None, True, True, batch), float(row["torch_ms"])))
+            r = int(row["patch_size"])
+            data["filtered"].append((cls._features(call, r, True, True, batch), float(row["filtered_ms"])))
+        if len(batches) != 1:
+            raise ValueError(f"latency rows must share one batch size, got {sorted(batches)}")
+        model = cls({}, batches.pop())
+        for kind, points in data.items():
+            if len(points) < 4:
+                raise ValueError(f"fitting the {kind} latency needs at least 4 measurements, got {len(points)}")
+            x = np.stack([p[0] for p in points])
+            y = np.array([p[1] for p in points])
+            scale = np.maximum(x.max(0), 1e-12)
+            coef = nnls(x / scale, y)[0] / scale
+            model.coef[kind] = tuple(float(v) for v in coef)
+            model.fit_error[kind] = float(np.mean(np.abs(x @ coef - y) / y))
+            loo = []
+            for j in range(len(y)):
+                keep = np.arange(len(y)) != j
+                c = nnls(x[keep] / scale, y[keep])[0] / scale
+                loo.append(abs(x[j] @ c - y[j]) / y[j])
+            model.loo_error[kind] = float(np.mean(loo))
+            model.points[kind] = len(y)
+        return model
+
+    def layer_ms(self, call: LayerCall, r: Optional[int], grad_input: bool, trains: bool) -> float:
+        """Predicted backward ms of one layer (0 when it takes no part in the backward)."""
+        if not (trains or grad_input):
+            return 0.0
+        if isinstance(call.module, nn.Linear):
+            return self.coef["vanilla"][1] * linear_cost(call, grad_input, self.batch_size, weight=trains) / 1e6
+        kind = "filtered" if r is not None and trains else "vanilla"
+        return float(np.dot(self.coef[kind], self._features(call, r if trains else None, grad_input, trains,
+                                                             self.batch_size)))
+
+    def describe(self) -> str:
+        return "; ".join(f"{kind}: ms = {a:.3g} + {b:.3g}/MFLOP + {c:.3g}/M elements + {d:.3g}/M strided weights, "
+                         f"fit error {100 * self.fit_error[kind]:.1f} %, leave-one-out {100 * self.loo_error[kind]:.1f} % "
+                         f"({self.points[kind]} measurements)" for kind, (a, b, c, d) in self.coef.items())
+
+
+# --- accuracy ----------------------------------------------------------------------------------
+def gradient_fidelity(model: nn.Module, space: SearchSpace, batches: Iterable[tuple[Tensor, Tensor]],
+                      loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy) -> np.ndarray:
+    """Per searched layer and choice, the cosine similarity of the filtered and the exact weight gradient.
+
+    Every searched layer and the classifier train with exact BP; on each batch, the exact output
+    gradient g_y of each searched conv gives its exact weight gradient and, for each patch size,
+    the filtered one (the layer's own filter on the exact g_y, as in the paper's Proposition 1).
+    The similarities are averaged over the batches. Frozen is 0, vanilla is 1.
+
+    Args:
+        model: the network (not changed).
+        space: the search space.
+        batches: (inputs, targets) pairs.
+        loss_fn: the training loss.
+
+    Returns:
+        (K, n_choices) array.
+    """
+    net = copy.deepcopy(model).eval()
+    modules = dict(net.named_modules())
+    for p in net.parameters():
+        p.requires_grad_(False)
+    for name in (*space.layers, space.classifier):
+        for p in modules[name].parameters():
+            p.requires_grad_(True)
+    seen: dict[str, list] = {}
+
+    def keep(name: str):
+        def hook(module, args, output):
+            output.retain_grad()
+            seen[name] = [args[0].detach(), output]
+            return output.clone()  # what follows may work in place (ReLU(inplace=True)); g_y stays the conv's
+        return hook
+
+    handles = [modules[name].register_forward_hook(keep(name)) for name in space.layers]
+    sums = np.zeros((len(space.layers), space.n_choices))
+    count = 0
+    try:
+        for inputs, targets in batches:
+            seen.clear()
+            net.zero_grad(set_to_none=True)
+            loss_fn(net(inputs), targets).backward()
+            for i, name in enumerate(space.layers):
+                conv, (x, y) = modules[name], seen[name]
+                exact = conv.weight.grad.flatten().double()
+                for c in range(2, space.n_choices):
+                    weight = conv.weight.detach().requires_grad_(True)
+                    with torch.enable_grad():
+                        out = filtered_conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups,
+                                              patch_size=space.patch_size(c))
+                        (filtered,) = torch.autograd.grad(out, weight, y.grad)
+                    sums[i, c] += F.cosine_similarity(filtered.flatten().double(), exact, dim=0).item()
+            count += 1
+    finally:
+        for h in handles:
+            h.remove()
+    if count == 0:
+        raise ValueError("gradient_fidelity needs at least one batch")
+    fidelity = sums / count
+    fidelity[:, FROZEN], fidelity[:, VANILLA] = 0.0, 1.0
+    return fidelity
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+@dataclass
+class AccuracyPredictor:
+    """Predicted accuracy of configurations.
+
+    The features of a configuration are ``proxy = sum over trained layers of fidelity[i, c_i]``
+    (depth weighted by gradient fidelity; the training-free predictor) and ``depth`` (trained
+    layers). Without ``coef`` the prediction is the proxy; :meth:`fit` learns
+    ``accuracy = coef . [1, proxy, depth]`` (ridge) from measured fine-tunes.
+
+    Attributes:
+        fidelity: (K, n_choices) from :func:`gradient_fidelity`.
+        coef: regression coefficients, or None.
+        cv_spearman: leave-one-out rank correlation of the fitted predictor's held-out predictions
+            with the measured accuracies; proxy_spearman: the proxy's own, on the same points.
+    """
+
+    fidelity: np.ndarray
+    coef: Optional[np.ndarray] = None
+    cv_spearman: Optional[float] = None
+    proxy_spearman: Optional[float] = None
+    cv_mae: Optional[float] = None
+    samples: int = 0
+
+    def features(self, configs: Union[Sequence[int], np.ndarray]) -> np.ndarray:
+        """(N, 2): proxy and depth of each configuration."""
+        configs = np.atleast_2d(np.asarray(configs, dtype=np.int64))
+        rows = np.arange(configs.shape[1])
+        proxy = self.fidelity[rows[None, :], configs].sum(1)
+        return np.stack([proxy, (configs != FROZEN).sum(1)], 1).astype(float)
+
+    def predict(self, configs: Union[Sequence[int], np.ndarray]) -> np.ndarray:
+        feats = self.features(configs)
+        if self.coef is None:
+            return feats[:, 0]
+        return self.coef[0] + feats @ self.coef[1:]
+
+    @staticmethod
+    def _ridge(feats: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
+        mean, std = feats.mean(0), feats.std(0)
+        std = np.where(std > 0, std, 1.0)
+        z = (feats - mean) / std
+        beta = np.linalg.solve(z.T @ z + ridge * np.eye(z.shape[1]), z.T @ (y - y.mean()))
+        slopes = beta / std
+        return np.concatenate([[y.mean() - mean @ slopes], slopes])
+
+    def fit(self, configs: Sequence[Sequence[int]], accuracies: Sequence[float], ridge: float = 1.0
+            ) -> "AccuracyPredictor":
+        """A copy fitted on measured (configuration, accuracy) pairs, with leave-one-out checks.
+
+        Args:
+            configs: the measured configurations.
+            accuracies: their measured accuracies.
+            ridge: L2 penalty on the standardized slopes.
+        """
+        configs = np.asarray(configs, dtype=np.int64)
+        y = np.asarray(accuracies, dtype=float)
+        if len(y) < 4 or len(y) != len(configs):
+            raise ValueError(f"fitting the accuracy predictor needs at least 4 (configuration, accuracy) pairs, "
+                             f"got {len(configs)} configurations and {len(y)} accuracies")
+        feats = self.features(configs)
+        held_out = np.empty_like(y)
+        for j in range(len(y)):
+            keep = np.arange(len(y)) != j
+            coef = self._ridge(feats[keep], y[keep], ridge)
+            held_out[j] = coef[0] + feats[j] @ coef[1:]
+        return AccuracyPredictor(self.fidelity, self._ridge(feats, y, ridge), spearman(held_out, y),
+                                 spearman(feats[:, 0], y), float(np.mean(np.abs(held_out - y))), len(y))
+
+
+# --- the search --------------------------------------------------------------------------------
+def parse_budget(text: str) -> tuple[str, float]:
+    """``memory=16KB``, ``flops=8M``, ``latency=12`` (ms) -> (metric, value)."""
+    aliases = {"memory": "activation_bytes", "flops": "backward_flops", "latency": "latency_ms"}
+    name, sep, value = text.partition("=")
+    if not sep or name not in aliases:
+        raise ValueError(f"a budget is memory=<bytes>, flops=<count> or latency=<ms> (e.g. memory=16KB, flops=8M), "
+                         f"got {text!r}")
+    units = {"KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3, "K": 1e3, "M": 1e6, "G": 1e9, "B": 1, "": 1}
+    value = value.strip()
+    for suffix in sorted(units, key=len, reverse=True):
+        if value.upper().endswith(suffix):
+            try:
+                number = float(value[:len(value) - len(suffix)]) * units[suffix]
+            except ValueError:
+                break
+            if number <= 0:
+                break
+            return aliases[name], number
+    raise ValueError(f"budget {text!r}: the value must be a positive number with an optional unit "
+                     f"(KB, MB, GB for memory; K, M, G for FLOPs)")
+
+
+@dataclass
+class SearchResult:
+    """The chosen configuration and how it was found.
+
+    Attributes:
+        config: one choice per searched layer.
+        label: :meth:`SearchSpace.label` of it.
+        predicted: its predicted accuracy.
+        costs: metric -> exact cost.
+        seconds: search time.
+        evaluated: configurations whose exact costs were looked up.
+        exhaustive: the exhaustive optimum's label, predicted accuracy and seconds (when checked).
+    """
+
+    config: tuple[int, ...]
+    label: str
+    predicted: float
+    costs: dict[str, float]
+    seconds: float
+    evaluated: int
+    exhaustive: Optional[dict] = None
+
+
+def _check_budgets(tables: CostTables, budgets: Mapping[str, float]) -> dict[str, float]:
+    unknown = sorted(set(budgets) - set(tables.metrics))
+    if unknown:
+        hint = " (latency needs a fitted LatencyModel in cost_tables)" if "latency_ms" in unknown else ""
+        raise ValueError(f"budgets on {unknown} cannot be checked: the tables have {list(tables.metrics)}{hint}")
+    if not budgets:
+        raise ValueError(f"give at least one budget, on {list(tables.metrics)}")
+    return {m: float(v) for m, v in budgets.items()}
+
+
+def _best(configs: np.ndarray, tables: CostTables, predictor: AccuracyPredictor, budgets: Mapping[str, float]
+          ) -> Optional[int]:
+    """Row of the best feasible configuration: highest prediction, then least memory, then first row."""
+    costs = tables.evaluate(configs)
+    feasible = np.ones(len(configs), dtype=bool)
+    for m, limit in budgets.items():
+        feasible &= costs[m] <= limit * (1 + 1e-12)
+    if not feasible.any():
+        return None
+    pred = np.where(feasible, predictor.predict(configs), -np.inf)
+    top = pred.max()
+    ties = np.flatnonzero(pred >= top - 1e-9 * max(1.0, abs(top)))
+    # equal predictions: least memory, then fewest FLOPs, then the smallest choices (finer patches) first
+    keys = [configs[ties, j] for j in range(configs.shape[1] - 1, -1, -1)]
+    order = np.lexsort((*keys, costs["backward_flops"][ties], costs["activation_bytes"][ties]))
+    return int(ties[order[0]])
+
+
+def _result(config: np.ndarray, tables: CostTables, predictor: AccuracyPredictor, seconds: float, evaluated: int
+            ) -> SearchResult:
+    costs = {m: float(v[0]) for m, v in tables.evaluate(config).items()}
+    return SearchResult(tuple(int(c) for c in config), tables.space.label(config), float(predictor.predict(config)[0]),
+                        costs, seconds, evaluated)
+
+
+def exhaustive(tables: CostTables, predictor: AccuracyPredictor, budgets: Mapping[str, float]) -> SearchResult:
+    """The best configuration by enumerating the whole space (vectorized; 5^8 = 390,625 take well under a second)."""
+    budgets = _check_budgets(tables, budgets)
+    start = time.perf_counter()
+    configs = tables.space.all_configs()
+    row = _best(configs, tables, predictor, budgets)
+    if row is None:
+        raise ValueError(f"no configuration fits the budgets {budgets}")
+    return _result(configs[row], tables, predictor, time.perf_counter() - start, len(configs))
+
+
+def _levels(tables: CostTables, predictor: AccuracyPredictor) -> np.ndarray:
+    """Choices per layer ordered by activation memory (ties: by FLOPs): the relaxation's integer levels."""
+    order = []
+    k = len(tables.space.layers)
+    for i in range(k):
+        mem, flops = tables.own["activation_bytes"][i, :, 0], tables.own["backward_flops"][i, :, 0]
+        order.append(sorted(range(tables.space.n_choices), key=lambda c: (c != FROZEN, mem[c], flops[c], -c)))
+    return np.array(order)
+
+
+def search(tables: CostTables, predictor: AccuracyPredictor, budgets: Mapping[str, float],
+           check: bool = True, shgo_points: int = 64) -> SearchResult:
+    """Best predicted configuration under ``budgets`` by FLASH's hierarchical SHGO.
+
+    For each earliest trained layer e (depth first), ``scipy.optimize.shgo`` maximizes the relaxed
+    predicted accuracy of the layers from e on (each a level in [0, n_choices - 1], choices ordered by
+    cost, costs and scores linear between levels, layer e kept trained) under the relaxed budgets
+    (SLSQP as local minimizer); the relaxed optimum's neighbouring integer configurations are checked
+    with the exact tables, and the best is polished by moves of one or two layers until none helps.
+
+    Args:
+        tables: exact costs (with ``latency_ms`` for a latency budget).
+        predictor: the accuracy predictor.
+        budgets: metric -> upper bound (metrics of ``tables.metrics``).
+        check: also enumerate the whole space and record its optimum (``result.exhaustive``).
+        shgo_points: SHGO's sampling points per depth.
+
+    Raises:
+        ValueError when no configuration fits.
+    """
+    from scipy.optimize import shgo
+
+    budgets = _check_budgets(tables, budgets)
+    space = tables.space
+    k, n = len(space.layers), space.n_choices
+    levels = _levels(tables, predictor)
+    start = time.perf_counter()
+    candidates = [np.zeros((1, k), dtype=np.int64)]  # nothing trained but the classifier
+    for e in range(k):
+        d = k - e
+        # per tail layer and level: exact costs given e, and the predictor's features
+        own = {m: np.stack([tables.own[m][i, levels[i], e] for i in range(e, k)]) for m in budgets}
+        fid = np.stack([predictor.fidelity[i, levels[i]] for i in range(e, k)])
+        trained = np.stack([(levels[i] != FROZEN).astype(float) for i in range(e, k)])
+        rest = {m: tables.rest[m][e] + sum(tables.own[m][i, FROZEN, e] for i in range(e)) for m in budgets}
+        coef = predictor.coef if predictor.coef is not None else np.array([0.0, 1.0, 0.0])
+
+        def interp(table: np.ndarray, z: np.ndarray) -> float:
+            lo = np.clip(np.floor(z).astype(int), 0, n - 2)
+            frac = z - lo
+            rows = np.arange(len(z))
+            return float(((1 - frac) * table[rows, lo] + frac * table[rows, lo + 1]).sum())
+
+        def objective(z: np.ndarray) -> float:
+            return -(coef[1] * interp(fid, z) + coef[2] * interp(trained, z))
+
+        constraints = [{"type": "ineq", "fun": (lambda z, m=m: (budgets[m] - rest[m] - interp(own[m], z))
+                                                / max(budgets[m], 1e-12))} for m in budgets]
+        bounds = [(1.0, n - 1.0)] + [(0.0, n - 1.0)] * (d - 1)
+        if any(rest[m] + own[m][0, 1] + sum(own[m][j, 0] for j in range(1, d)) > budgets[m] for m in budgets):
+            continue  # even the cheapest configuration of this depth does not fit
+        try:
+            found = shgo(objective, bounds, constraints=constraints, n=shgo_points, iters=1, sampling_method="sobol",
+                         minimizer_kwargs={"method": "SLSQP"})
+            local = getattr(found, "xl", None)  # the local minima SHGO found, best first
+            points = [x for x in [found.x, *(list(local[:4]) if local is not None else [])] if x is not None]
+        except (ValueError, np.linalg.LinAlgError):
+            points = []
+        if not points:  # no relaxed point found: start from the cheapest configuration of this depth
+            points = [np.array([1.0] + [0.0] * (d - 1))]
+        for z in points:
+            choices = [sorted({int(np.floor(v)), int(np.ceil(v))} | {min(n - 1, int(np.ceil(v)) + 1),
+                                                                    max(0, int(np.floor(v)) - 1)})
+                       for v in np.clip(z, 0, n - 1)]
+            choices[0] = [c for c in choices[0] if c >= 1] or [1]
+            tail = np.array(list(itertools.product(*choices)), dtype=np.int64)
+            configs = np.zeros((len(tail), k), dtype=np.int64)
+            configs[:, e:] = levels[np.arange(e, k)[None, :], tail]
+            candidates.append(configs)
+    pool = np.concatenate(candidates)
+    evaluated = len(pool)
+    row = _best(pool, tables, predictor, budgets)
+    if row is None:
+        raise ValueError(f"no configuration fits the budgets {budgets}")
+    best = pool[row]
+    singles = [(i, c) for i in range(k) for c in range(n)]
+    while True:  # polish: the best change of one or two layers, until none improves
+        moves = np.repeat(best[None, :], len(singles) ** 2, 0)
+        for j, ((i1, c1), (i2, c2)) in enumerate(itertools.product(singles, singles)):
+            moves[j, i1], moves[j, i2] = c1, c2
+        evaluated += len(moves)
+        row = _best(np.concatenate([best[None, :], moves]), tables, predictor, budgets)
+        if row == 0:
+            break
+        best = moves[row - 1]
+    result = _result(best, tables, predictor, time.perf_counter() - start, evaluated)
+    if check:
+        full = exhaustive(tables, predictor, budgets)
+        result.exhaustive = {"label": full.label, "predicted": full.predicted, "seconds": full.seconds,
+                             "configurations": full.evaluated}
+    return result
+
+
+def pareto_front(tables: CostTables, predictor: AccuracyPredictor, metric: str = "activation_bytes"
+                 ) -> list[tuple[float, float, str]]:
+    """(cost, predicted accuracy, label) of the configurations no other beats on both, by increasing cost."""
+    configs = tables.space.all_configs()
+    cost = tables.evaluate(configs)[metric]
+    pred = predictor.predict(configs)
+    order = np.lexsort((-pred, cost))
+    front, best = [], -np.inf
+    for j in order:
+        if pred[j] > best + 1e-12:
+            best = pred[j]
+            front.append((float(cost[j]), float(pred[j]), tables.space.label(configs[j])))
+    return front
+
+
+# --- configurations as method configs -------------------------------------------------------------
+def method_config(space: SearchSpace, config: Sequence[int]) -> dict:
+    """The ``model.method`` config (``{class_path, init_args}``) that trains ``config``.
+
+    A trained tail with one choice throughout is the paper's "#Layers + patch size"
+    (``Vanilla(layers=N)`` / ``GradientFilter(layers=N, patch_size=r)``, the run tags vanilla-NL /
+    RX-NL); anything else is an explicit freeze list with per-layer filters.
+    """
+    space.check(config)
+    config = [int(c) for c in config]
+    trained = [name for name, c in zip(space.layers, config) if c != FROZEN]
+    depth = len(trained)
+    tail = config[len(config) - depth:]
+    if depth and all(c == tail[0] for c in tail) and depth == len(config) - config.index(tail[0]):
+        r = space.patch_size(tail[0])
+        if r is None:
+            return {"class_path": "Vanilla", "init_args": {"layers": depth}}
+        return {"class_path": "GradientFilter", "init_args": {"layers": depth, "patch_size": r}}
+    if depth == 0:
+        return {"class_path": "Vanilla", "init_args": {"layers": 0}}
+    freeze = ["", *(f"~{name}" for name in trained), f"~{space.classifier}"]
+    filters = [{"path": name, "patch_size": space.patch_size(c), "type": "conv"}
+               for name, c in zip(space.layers, config) if c >= 2]
+    if not filters:
+        return {"class_path": "Vanilla", "init_args": {"freeze": freeze}}
+    return {"class_path": "GradientFilter", "init_args": {"freeze": freeze, "filter_install": filters}}
+
+
+def method_tag(space: SearchSpace, config: Sequence[int]) -> str:
+    """The run tag the classification CLI gives :func:`method_config` of ``config`` (e.g. R2-2L)."""
+    from .methods import build_method
+
+    return build_method(method_config(space, config)).tag
+
+
+def config_from_tag(space: SearchSpace, tag: str) -> Optional[tuple[int, ...]]:
+    """The configuration of a run tag ``vanilla-NL`` / ``R<r>-NL`` or a label; None if it is neither."""
+    import re
+
+    k = len(space.layers)
+    match = re.fullmatch(r"(vanilla|R(\d+))-(\d+)L", tag)
+    if match:
+        depth, r = int(match.group(3)), match.group(2)
+        choice = VANILLA if r is None else (2 + space.patch_sizes.index(int(r)) if int(r) in space.patch_sizes else None)
+        if choice is None or depth > k:
+            return None
+        return (FROZEN,) * (k - depth) + (choice,) * depth
+    try:
+        return space.parse(tag)
+    except ValueError:
+        return None
+
+
+def sample_configs(space: SearchSpace, count: int, seed: int = 0, frozen_share: float = 0.15
+                   ) -> list[tuple[int, ...]]:
+    """``count`` distinct configurations spread over depths: depth d cycles through 1..K, the earliest
+    trained layer is layer K - d, and each later layer is frozen with probability ``frozen_share``,
+    else a uniformly drawn trained choice."""
+    k, n = len(space.layers), space.n_choices
+    if count < 1 or count > space.size - 1:
+        raise ValueError(f"count must be in [1, {space.size - 1}], got {count}")
+    rng = np.random.default_rng(seed)
+    out: list[tuple[int, ...]] = []
+    attempts = 0
+    while len(out) < count:
+        if attempts > 100 * count:
+            raise ValueError(f"could not draw {count} distinct configurations; ask for fewer")
+        depth = 1 + attempts % k
+        attempts += 1
+        config = [FROZEN] * (k - depth) + [int(rng.integers(1, n))]
+        config += [FROZEN if rng.random() < frozen_share else int(rng.integers(1, n)) for _ in range(depth - 1)]
+        if tuple(config) not in out:
+            out.append(tuple(config))
+    return out
+
+
+def budget_text(metric: str, value: float) -> str:
+    """A budget value with its unit, as :func:`parse_budget` reads it."""
+    if metric == "activation_bytes":
+        return f"memory={value / 1024:g}KB"
+    if metric == "backward_flops":
+        return f"flops={value / 1e6:g}M"
+    return f"latency={value:g}"
+

@@ -1,0 +1,97 @@
+"""``python -m classification search``: sampled and searched configurations are method configs the CLI runs."""
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from classification.cli import main, resolve_config
+from classification.module import method_of
+from classification.search import plain_model
+from gradfilt import FilteredConv2d
+from gradfilt import search as gs
+from gradfilt.cost import estimate
+
+REPO = Path(__file__).resolve().parents[2]
+CFG = REPO / "configs" / "classification"
+
+
+def _args(fmnist_root, tmp_path, *extra):
+    files = [CFG / "base.yaml", CFG / "models" / "resnet18.yaml", CFG / "datasets" / "fmnist.yaml",
+             CFG / "schedules" / "fmnist_finetune.yaml"]
+    return [*(a for f in files for a in ("--config", str(f))),
+            "--data.data_dir", str(fmnist_root), "--data.split_file", str(tmp_path / "split.npy"),
+            "--data.image_size", "32", "--data.subset", "160", "--data.batch_size", "32", "--data.num_workers", "0",
+            "--runs_dir", str(tmp_path / "runs"), "--table", "t", "--trainer.max_epochs", "1",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra]
+
+
+def _trained_and_filtered(config):
+    module_args = config.model.as_dict()
+    model, size = plain_model(config)
+    method = method_of(module_args["method"])
+    method.apply(model, torch.zeros(1, 3, size, size))
+    trained = {n.rsplit(".", 1)[0] for n, p in model.named_parameters() if p.requires_grad and n.endswith("weight")}
+    filtered = {n for n, m in model.named_modules() if isinstance(m, FilteredConv2d)}
+    return trained, filtered
+
+
+def test_sampled_configurations_round_trip_through_the_cli_parser(fmnist_root, tmp_path, capsys):
+    args = _args(fmnist_root, tmp_path)
+    main(["search", *args, "--sample", "6", "--last", "4", "--out", str(tmp_path / "s")])
+    labels = capsys.readouterr().out.split()[-6:]
+    files = sorted((tmp_path / "s" / "samples").glob("*.yaml"))
+    assert sorted(f.stem for f in files) == sorted(labels)
+    layers = ("layer4.0.conv1", "layer4.0.conv2", "layer4.1.conv1", "layer4.1.conv2")
+    space = gs.SearchSpace(layers, (2, 4, 7), "fc")
+    for path in files:
+        config = space.parse(path.stem)
+        trained, filtered = _trained_and_filtered(resolve_config([*args, "--config", str(path)]))
+        assert trained == {n for n, c in zip(layers, config) if c} | {"fc"}, path.stem
+        assert filtered == {n for n, c in zip(layers, config) if c >= 2}, path.stem
+
+
+def test_search_under_a_fixed_configurations_memory_writes_a_runnable_method(fmnist_root, tmp_path, capsys):
+    args = _args(fmnist_root, tmp_path, "--data.image_size", "64")  # layer4 sees 2x2 maps: R2 keeps a quarter
+    layers = ("layer4.0.conv1", "layer4.0.conv2", "layer4.1.conv1", "layer4.1.conv2")
+    space = gs.SearchSpace(layers, (2, 4, 7), "fc")
+    measured = tmp_path / "samples"
+    for j, label in enumerate(["___V", "__22", "_44V", "2222", "VV__", "___7"]):
+        (measured / label).mkdir(parents=True)
+        (measured / label / "best.json").write_text(json.dumps({"score": 0.5 + 0.01 * j}))
+    out = tmp_path / "found"
+    main(["search", *args, "--last", "4", "--budget", "memory=R2-2L", "--fidelity-batches", "1",
+          "--measured", str(measured), "--out", str(out)])
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "search.json").read_text())
+    budget = estimate(plain_model(resolve_config(args))[0], 64, 2, 2).activation_bytes  # R2-2L's memory
+    assert summary["budgets"] == {"activation_bytes": budget}
+    result = summary["result"]
+    assert result["costs"]["activation_bytes"] <= budget
+    assert result["label"] == result["exhaustive"]["label"]
+    assert summary["predictor"]["coef"] is not None and len(summary["samples"]) == 6
+    assert "| R2-2L | __22 | yes |" in printed and "| vanilla-2L | __VV | no |" in printed
+    assert "leave-one-out Spearman" in printed and (out / "pareto.png").stat().st_size > 0
+    # the emitted YAML runs as is, and trains what the search chose
+    config = resolve_config([*args, "--config", str(out / "method.yaml")])
+    trained, filtered = _trained_and_filtered(config)
+    chosen = space.parse(result["label"])
+    assert trained == {n for n, c in zip(layers, chosen) if c} | {"fc"}
+    assert filtered == {n for n, c in zip(layers, chosen) if c >= 2}
+    cli = main(["fit", *args, "--config", str(out / "method.yaml"), "--run_name", result["label"]])
+    assert cli.model.cost.activation_bytes == result["costs"]["activation_bytes"]
+
+
+def test_search_refuses_bad_input_before_any_work(fmnist_root, tmp_path):
+    args = _args(fmnist_root, tmp_path)
+    with pytest.raises(SystemExit, match="--sample N or at least one --budget"):
+        main(["search", *args])
+    with pytest.raises(SystemExit, match="no file"):
+        main(["search", *args, "--budget", "latency=3", "--latency-csv", str(tmp_path / "none.csv")])
+    with pytest.raises(ValueError, match="a budget is memory="):
+        main(["search", *args, "--last", "2", "--budget", "speed=3"])
+    with pytest.raises(ValueError, match="latency-csv"):
+        main(["search", *args, "--last", "2", "--budget", "latency=R2-2L"])
+    assert not (tmp_path / "runs").exists()
