@@ -2,20 +2,24 @@
 
     python -m classification search --config ... [overrides as for fit] [--last 8] [--patch-sizes 2 4 7]
         (--sample N | --budget memory=16KB|memory=R2-2L [--budget flops=8M] [--budget latency=30] ...)
+        [--emp-alphas 0.25 0.5 0.75]
         [--latency-csv runs/latency/search/conv.csv] [--measured RUNS/<table>/<arch>/<dataset>]
         [--compare RUNS/<table>/<arch>/<dataset>] [--fixed vanilla-2L R2-2L ...] [--fidelity-batches 4]
         [--out DIR]
 
 The network is built as ``fit`` builds it (``init_from`` weights, BN folded with ``fuse_bn``),
 before any method. ``--sample N`` writes N method configs of sampled configurations to
-``DIR/samples/<label>.yaml`` for the few-sample predictor's fine-tunes (run each with
-``--run_name <label>``). With budgets, the search prints the chosen configuration next to the
+``DIR/samples/<label>.yaml`` (replacing the YAML files there) for the few-sample predictor's
+fine-tunes (run each with ``--run_name <label>``). With budgets, the search prints the chosen configuration next to the
 fixed configurations of ``--fixed`` and writes ``DIR/method.yaml`` (a method config the CLI runs
 as is: ``python -m classification fit ... --config DIR/method.yaml``), ``DIR/search.json`` and
 ``DIR/pareto.png``. A budget's value may be a fixed configuration's tag (``memory=R2-2L``: that
 configuration's activation memory). ``--measured`` points at the sample runs (the folder holding
 one folder per label, each with ``best.json``) and fits the predictor on them; without it the
-prediction is the training-free proxy. ``--compare`` points at full-protocol runs named by tag
+prediction is the training-free proxy. ``--emp-alphas`` adds error-map pruning's kept share as a
+knob (EMP on every trained dense conv; labels end in ``-a<alpha>``; ``--sample N`` then adds N/3
+configurations trained with EMP at an alpha drawn from the list).
+``--compare`` points at full-protocol runs named by tag
 (vanilla-2L, R2-4L, ..., or a label) whose accuracy the table and plot show as measured.
 """
 
@@ -58,6 +62,9 @@ def _arguments() -> argparse.ArgumentParser:
     parser.add_argument("--fidelity-batches", type=int, default=4, help="training batches for the proxy")
     parser.add_argument("--out", type=Path, default=Path("runs/search"))
     parser.add_argument("--no-check", action="store_true", help="skip the exhaustive check")
+    parser.add_argument("--emp-alphas", type=float, nargs="+", default=[],
+                        help="also search error-map pruning's kept share alpha over these values in (0, 1) "
+                             "(EMP on every trained dense conv; 1, no pruning, is always searched)")
     return parser
 
 
@@ -68,29 +75,41 @@ def plain_model(config) -> tuple[torch.nn.Module, int]:
     return module.model.eval(), module.hparams.image_size
 
 
-def measured_accuracies(folder: Path, space: gs.SearchSpace) -> dict[tuple[int, ...], float]:
-    """Configuration -> best validation accuracy of the runs in ``folder`` (one folder per tag or label)."""
+def measured_accuracies(folder: Path, space: gs.SearchSpace) -> dict[tuple[tuple[int, ...], float], float]:
+    """(configuration, EMP alpha) -> best validation accuracy of the runs in ``folder`` (one folder per tag
+    or label)."""
     if not folder.is_dir():
         raise FileNotFoundError(f"no run folder {folder}")
     found = {}
     for run in sorted(folder.iterdir()):
-        config = gs.config_from_tag(space, run.name)
+        key = gs.run_from_tag(space, run.name)
         best = run / "best.json"
-        if config is not None and best.is_file():
-            found[config] = float(json.loads(best.read_text())["score"])
+        if key is not None and best.is_file():
+            found[key] = float(json.loads(best.read_text())["score"])
     return found
 
 
-def _budgets(texts: Sequence[str], tables: gs.CostTables) -> dict[str, float]:
+def _run_of(space: gs.SearchSpace, tag: str, tables: dict, what: str) -> tuple[tuple[int, ...], float]:
+    run = gs.run_from_tag(space, tag)
+    if run is None:
+        raise SystemExit(f"{what} {tag!r}: not a configuration of this space (vanilla-NL, R<r>-NL, emp<alpha>-NL"
+                         f"[-R<r>] with N <= {len(space.layers)} and r in {list(space.patch_sizes)}, or a label)")
+    if run[1] not in tables:
+        raise SystemExit(f"{what} {tag!r}: EMP alpha {run[1]:g} is not searched; add it to --emp-alphas")
+    return run
+
+
+def _budgets(texts: Sequence[str], tables: dict) -> dict[str, float]:
     budgets = {}
+    space = tables[1.0].space
     for text in texts:
         name, _, value = text.partition("=")
-        config = gs.config_from_tag(tables.space, value)
-        if config is not None and name in ("memory", "flops", "latency"):
+        if gs.run_from_tag(space, value) is not None and name in ("memory", "flops", "latency"):
+            config, alpha = _run_of(space, value, tables, "--budget")
             metric = gs.parse_budget(f"{name}=1")[0]
-            if metric not in tables.metrics:
+            if metric not in tables[alpha].metrics:
                 raise ValueError(f"budget {text!r}: no {metric} table (give --latency-csv for latency budgets)")
-            budgets[metric] = float(tables.evaluate(config)[metric][0])
+            budgets[metric] = float(tables[alpha].evaluate(config)[metric][0])
         else:
             metric, number = gs.parse_budget(text)
             budgets[metric] = number
@@ -127,6 +146,9 @@ def search_main(argv: Sequence[str]) -> dict:
             raise SystemExit(f"--latency-csv: no file {args.latency_csv} (write it with python -m latency --out DIR)")
         with open(args.latency_csv, newline="") as f:
             latency = gs.LatencyModel.fit(list(csv.DictReader(f)))
+    if any(not 0 < a < 1 for a in args.emp_alphas):
+        raise SystemExit(f"--emp-alphas are kept shares in (0, 1), got {args.emp_alphas}")
+    alphas = sorted({1.0, *args.emp_alphas}, reverse=True)
     config = resolve_config(rest)
     model, size = plain_model(config)
     example = torch.zeros(1, 3, size, size)
@@ -134,17 +156,25 @@ def search_main(argv: Sequence[str]) -> dict:
     if args.sample is not None:
         folder = args.out / "samples"
         folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.yaml"):  # the folder holds one sampling: the launcher runs every file in it
+            stale.unlink()
         labels = []
-        for config_ in gs.sample_configs(space, args.sample, args.seed):
-            label = space.label(config_)
-            text = yaml.safe_dump({"model": {"method": gs.method_config(space, config_)}}, sort_keys=False)
+        rng = np.random.default_rng(args.seed)
+        runs = [(c, 1.0) for c in gs.sample_configs(space, args.sample, args.seed)]
+        if alphas[1:]:  # and a third as many again with error-map pruning, alpha drawn from the list
+            runs += [(c, float(rng.choice(alphas[1:])))
+                     for c in gs.sample_configs(space, -(-args.sample // 3), args.seed + 1)]
+        for config_, alpha in runs:
+            label = space.label(config_, alpha)
+            text = yaml.safe_dump({"model": {"method": gs.method_config(space, config_, alpha)}}, sort_keys=False)
             (folder / f"{label}.yaml").write_text(f"# searched layers {', '.join(space.layers)}: {label}\n{text}")
             labels.append(label)
         print("\n".join(labels))
         return {"samples": labels, "layers": list(space.layers)}
 
-    tables = gs.cost_tables(model, space, size, latency=latency)
+    tables = {a: gs.cost_tables(model, space, size, latency=latency, alpha=a) for a in alphas}
     budgets = _budgets(args.budget, tables)
+    fixed = [(tag, *_run_of(space, tag, tables, "--fixed")) for tag in args.fixed]
     data_cfg = config.data.as_dict()
     from .data import ClassificationData
 
@@ -152,39 +182,38 @@ def search_main(argv: Sequence[str]) -> dict:
     data.setup("fit")
     batches = calibration_batches(data.train_dataloader(), args.fidelity_batches)
     fidelity = gs.gradient_fidelity(model, space, batches)
-    predictor = gs.AccuracyPredictor(fidelity)
+    predictor = gs.AccuracyPredictor(fidelity, by_alpha={a: gs.gradient_fidelity(model, space, batches, alpha=a)
+                                                         for a in alphas[1:]})
     samples = {}
     if args.measured is not None:
-        samples = measured_accuracies(args.measured, space)
-        predictor = predictor.fit(list(samples), list(samples.values()))
-    result = gs.search(tables, predictor, budgets, check=not args.no_check)
+        samples = {k: v for k, v in measured_accuracies(args.measured, space).items() if k[1] in tables}
+        predictor = predictor.fit([c for c, _ in samples], list(samples.values()), alphas=[a for _, a in samples])
+    result = gs.search_knob(tables, predictor, budgets, check=not args.no_check)
     measured = measured_accuracies(args.compare, space) if args.compare is not None else {}
 
-    method = gs.method_config(space, result.config)
+    method = gs.method_config(space, result.config, result.alpha)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "method.yaml").write_text(
         f"# python -m classification search, budgets {budgets}: {result.label} over {', '.join(space.layers)}\n"
         + yaml.safe_dump({"model": {"method": method}}, sort_keys=False))
-    rows = [("searched", result.config)] + [(tag, gs.config_from_tag(space, tag)) for tag in args.fixed]
+    rows = [("searched", result.config, result.alpha)] + fixed
     table = ["| configuration | label | fits | predicted | measured | memory | backward FLOPs | latency ms |",
              "|---|---|---|---|---|---|---|---|"]
     summary_rows = []
-    for name, config_ in rows:
-        if config_ is None:
-            raise SystemExit(f"--fixed {name}: not a configuration of this space (vanilla-NL / R<r>-NL with N <= "
-                             f"{len(space.layers)} and r in {list(space.patch_sizes)}, or a label)")
-        costs = {m: float(v[0]) for m, v in tables.evaluate(config_).items()}
+    for name, config_, alpha in rows:
+        costs = {m: float(v[0]) for m, v in tables[alpha].evaluate(config_).items()}
         fits = all(costs[m] <= b * (1 + 1e-12) for m, b in budgets.items())
-        pred = float(predictor.predict(config_)[0])
-        acc = measured.get(tuple(config_))
-        label = space.label(config_)
-        shown = name if name != "searched" else f"searched ({gs.method_tag(space, config_)})"
+        pred = float(predictor.predict([config_], [alpha])[0])
+        acc = measured.get((tuple(config_), alpha))
+        label = space.label(config_, alpha)
+        shown = name if name != "searched" else f"searched ({gs.method_tag(space, config_, alpha)})"
         table.append(f"| {shown} | {label} | {'yes' if fits else 'no'} | {pred:.4f} | "
                      f"{'-' if acc is None else f'{100 * acc:.1f}'} | {_cost_cells(costs)} |")
         summary_rows.append({"name": name, "label": label, "fits": fits, "predicted": pred, "measured": acc,
                              **costs})
     print(f"search space: {len(space.layers)} layers ({', '.join(space.layers)}) x {{frozen, vanilla, "
-          f"{', '.join(f'R{r}' for r in space.patch_sizes)}}} = {space.size:,} configurations")
+          f"{', '.join(f'R{r}' for r in space.patch_sizes)}}} = {space.size:,} configurations"
+          + (f", x EMP alpha in {{{', '.join(f'{a:g}' for a in alphas)}}}" if len(alphas) > 1 else ""))
     if latency is not None:
         print(f"latency model (batch {latency.batch_size}): {latency.describe()}")
     if predictor.coef is not None:
@@ -204,13 +233,13 @@ def search_main(argv: Sequence[str]) -> dict:
     print(f"wrote {args.out / 'method.yaml'}")
     summary = {"layers": list(space.layers), "patch_sizes": list(space.patch_sizes), "budgets": budgets,
                "result": {**result.__dict__, "config": list(result.config)}, "rows": summary_rows,
-               "samples": {space.label(c): a for c, a in samples.items()},
+               "samples": {space.label(c, a): acc for (c, a), acc in samples.items()},
                "predictor": {"coef": None if predictor.coef is None else predictor.coef.tolist(),
                              "cv_spearman": predictor.cv_spearman, "proxy_spearman": predictor.proxy_spearman,
                              "cv_mae": predictor.cv_mae},
                "fidelity": fidelity.tolist()}
     (args.out / "search.json").write_text(json.dumps(summary, indent=1))
-    _plot(args.out / "pareto.png", tables, predictor, summary_rows, budgets)
+    _plot(args.out / "pareto.png", tables[1.0], predictor, summary_rows, budgets)
     print(f"wrote {args.out / 'search.json'} and {args.out / 'pareto.png'}")
     return summary
 
@@ -237,8 +266,12 @@ def _plot(path: Path, tables: gs.CostTables, predictor: gs.AccuracyPredictor, ro
     if "activation_bytes" in budgets:
         ax.axvline(budgets["activation_bytes"] / 1024, color="red", linestyle=":", label="memory budget")
     ax.set_xscale("log")
+    positive = [c for c, _, _ in front if c > 0]
+    if positive:  # the classifier-only configuration keeps nothing: start the axis at the first that keeps some
+        ax.set_xlim(left=min(positive) / 1024 / 2)
     ax.set_xlabel("activation memory per image (KB)")
-    ax.set_ylabel("predicted accuracy" if predictor.coef is not None else "proxy (sum of gradient fidelity)")
+    ax.set_ylabel("predicted accuracy (short fine-tunes)" if predictor.coef is not None
+                  else "proxy (sum of gradient fidelity)")
     ax.legend(fontsize=7)
     if has_measured:
         ax = axes[0, 1]

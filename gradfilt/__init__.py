@@ -8,7 +8,9 @@ of sparse update and TinyTL (:class:`SparseConv2d`), the training methods
 :class:`EarlyInstanceFilter`), the
 config-driven installer
 (:func:`install_filters`, :func:`register_filter_type`), freezing by dotted path
-(:func:`freeze`) and the paper's "#Layers" selection (:func:`last_convs`).
+(:func:`freeze`) and the paper's "#Layers" selection (:func:`last_convs`). The cost model is
+:mod:`gradfilt.cost`; the budgeted configuration search (which layers train, with which patch size,
+under a memory / FLOPs / latency budget; needs scipy, the ``[search]`` extra) is :mod:`gradfilt.search`.
 """
 
 from .conv import FilteredConv2d

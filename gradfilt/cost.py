@@ -86,7 +86,7 @@ from .models import ARCHS, build_model
 from .sparse import SparseConv2d
 from .trace import LayerCall, trace_layers
 
-__all__ = ["LayerCost", "CostReport", "training_flops", "conv_cost", "forward_cost", "pruned_conv_cost", "linear_cost",
+__all__ = ["LayerCost", "CostReport", "training_flops", "conv_cost", "forward_cost", "pruned_conv_cost", "emp_conv_cost", "linear_cost",
            "estimate", "estimate_configured", "measure",
            "print_report", "format_flops", "format_bytes", "main"]
 
@@ -222,11 +222,18 @@ def pruned_conv_cost(call: LayerCall, grad_input: bool, batch: int, weight: bool
         weight: whether its weight trains.
         bias: whether its bias trains (counted with the kept channels when the weight does not).
     """
+    return emp_conv_cost(call, call.module.alpha, call.module.patch_size, grad_input, batch, weight, bias)
+
+
+def emp_conv_cost(call: LayerCall, alpha: float, patch_size: Optional[int], grad_input: bool, batch: int,
+                  weight: bool = True, bias: bool = False) -> int:
+    """:func:`pruned_conv_cost` of a plain traced conv pruned with ``alpha`` and filtered with ``patch_size``
+    (what the budgeted search prices before any layer is swapped)."""
     conv = call.module
     c_out, h_out, w_out = call.out_shape
-    kept = max(1, math.ceil(conv.alpha * c_out))
+    kept = max(1, math.ceil(alpha * c_out))
     subset = replace(call, out_shape=(kept, h_out, w_out))
-    flops, _ = conv_cost(subset, conv.patch_size, grad_input, batch, weight, bias and not weight)
+    flops, _ = conv_cost(subset, patch_size, grad_input, batch, weight, bias and not weight)
     taps = conv.kernel_size[0] * conv.kernel_size[1]
     return flops + c_out * (call.in_shape[0] // conv.groups) * taps + batch * c_out * h_out * w_out + 3 * c_out
 

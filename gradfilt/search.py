@@ -40,7 +40,7 @@ import copy
 import itertools
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -48,13 +48,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .cost import _image_size, _trace, conv_cost, linear_cost
+from .cost import _image_size, _trace, conv_cost, emp_conv_cost, linear_cost
+from .emp import channel_scores, kept_channels
 from .freeze import classifier_of
 from .functional import check_patch_size, filtered_conv2d
 from .trace import LayerCall, trace_layers
 
 __all__ = ["SearchSpace", "search_space", "CostTables", "cost_tables", "LatencyModel", "gradient_fidelity",
-           "AccuracyPredictor", "SearchResult", "search", "exhaustive", "pareto_front", "method_config", "method_tag",
+           "AccuracyPredictor", "SearchResult", "search", "exhaustive", "pareto_front", "method_config", "method_tag", "search_knob", "run_from_tag",
            "config_from_tag", "sample_configs", "spearman", "parse_budget", "METRICS"]
 
 FROZEN, VANILLA = 0, 1
@@ -102,13 +103,26 @@ class SearchSpace:
         """r of a choice index (None for frozen and vanilla)."""
         return self.patch_sizes[choice - 2] if choice >= 2 else None
 
-    def label(self, config: Sequence[int]) -> str:
-        """``_`` frozen, ``V`` vanilla, r filtered; one character per layer, earliest first (usable as a run name)."""
+    def label(self, config: Sequence[int], alpha: float = 1.0) -> str:
+        """``_`` frozen, ``V`` vanilla, r filtered; one character per layer, earliest first (usable as a run
+        name); ``-a<alpha>`` after it when the trained convs prune their error map (EMP)."""
         self.check(config)
-        return "".join(_SYMBOLS.get(int(c), str(self.patch_size(int(c)))) for c in config)
+        text = "".join(_SYMBOLS.get(int(c), str(self.patch_size(int(c)))) for c in config)
+        return text if alpha == 1 else f"{text}-a{alpha:g}"
+
+    def parse_run(self, label: str) -> tuple[tuple[int, ...], float]:
+        """(configuration, EMP alpha) of a :meth:`label` with or without its ``-a<alpha>``."""
+        text, sep, alpha = label.partition("-a")
+        try:
+            value = float(alpha) if sep else 1.0
+        except ValueError:
+            value = -1.0
+        if not 0 < value <= 1:
+            raise ValueError(f"{label!r}: the EMP share after -a must be a number in (0, 1]")
+        return self.parse(text), value
 
     def parse(self, label: str) -> tuple[int, ...]:
-        """The configuration of a :meth:`label`."""
+        """The configuration of a :meth:`label` (without an EMP share)."""
         by_symbol = {"_": FROZEN, "V": VANILLA, **{str(r): 2 + j for j, r in enumerate(self.patch_sizes)}}
         if len(label) != len(self.layers) or any(s not in by_symbol for s in label):
             raise ValueError(f"{label!r} is not a configuration label of this space: {len(self.layers)} characters "
@@ -164,12 +178,14 @@ class CostTables:
         rest: metric -> (K + 1,) cost of every other layer (shortcut convs, earlier frozen convs, the
             classifier) given e.
         batch_size: images per step the FLOPs and bytes are counted for.
+        alpha: error-map pruning's kept share on the trained dense convs (1: no pruning).
     """
 
     space: SearchSpace
     own: dict[str, np.ndarray]
     rest: dict[str, np.ndarray]
     batch_size: int = 1
+    alpha: float = 1.0
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -204,8 +220,15 @@ def _grad_flags(model: nn.Module, space: SearchSpace, example: Tensor) -> list[d
 
 
 def cost_tables(model: nn.Module, space: SearchSpace, image_size: Union[int, Sequence[int]],
-                batch_size: int = 1, in_channels: int = 3, latency: Optional["LatencyModel"] = None) -> CostTables:
+                batch_size: int = 1, in_channels: int = 3, latency: Optional["LatencyModel"] = None,
+                alpha: float = 1.0) -> CostTables:
     """Activation bytes and backward FLOPs (and, with ``latency``, predicted backward ms) of every configuration.
+
+    With ``alpha`` < 1 every trained dense conv is an error-map-pruning layer keeping that share of its
+    output channels (:class:`gradfilt.methods.ErrorMapPruning`; FLOPs from
+    :func:`gradfilt.cost.emp_conv_cost`, bytes unchanged). Its latency is taken as the unpruned layer's:
+    pruning's gain in time depends on the hardware (on a 2-core CPU it measured none), so the latency
+    table does not assume one.
 
     Args:
         model: the network before a method is applied.
@@ -214,7 +237,10 @@ def cost_tables(model: nn.Module, space: SearchSpace, image_size: Union[int, Seq
         batch_size: images per step for bytes and FLOPs (the paper's columns use 1).
         in_channels: channels of the input image.
         latency: a fitted :class:`LatencyModel`; its table is at the batch it was measured with.
+        alpha: error-map pruning's kept share of output channels on the trained dense convs; 1: none.
     """
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
+        raise ValueError(f"alpha (the kept share of output channels) must be in (0, 1], got {alpha!r}")
     h, w = _image_size(image_size)
     calls = _trace(model, h, w, in_channels)
     by_name = {c.name: c for c in calls}
@@ -239,6 +265,8 @@ def cost_tables(model: nn.Module, space: SearchSpace, image_size: Union[int, Seq
     def exact(index: int, batch: int):
         def cost_of(call, r, grad_input, trains):
             if isinstance(call.module, nn.Conv2d):
+                if index == 0 and alpha < 1 and trains and call.module.groups == 1:
+                    return emp_conv_cost(call, alpha, r, grad_input, batch)
                 return conv_cost(call, r, grad_input, batch, weight=trains)[index]
             return linear_cost(call, grad_input, batch, weight=trains) if index == 0 else 0
         return cost_of
@@ -248,7 +276,7 @@ def cost_tables(model: nn.Module, space: SearchSpace, image_size: Union[int, Seq
     own["activation_bytes"], rest["activation_bytes"] = layer_terms(exact(1, batch_size))
     if latency is not None:
         own["latency_ms"], rest["latency_ms"] = layer_terms(latency.layer_ms)
-    return CostTables(space, own, rest, batch_size)
+    return CostTables(space, own, rest, batch_size, float(alpha))
 
 
 # --- latency ------------------------------------------------------------------------------------
@@ -356,7 +384,8 @@ class LatencyModel:
 
 # --- accuracy ----------------------------------------------------------------------------------
 def gradient_fidelity(model: nn.Module, space: SearchSpace, batches: Iterable[tuple[Tensor, Tensor]],
-                      loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy) -> np.ndarray:
+                      loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy, alpha: float = 1.0,
+                      g1: float = 0.0, g2: float = 1.0) -> np.ndarray:
     """Per searched layer and choice, the cosine similarity of the filtered and the exact weight gradient.
 
     Every searched layer and the classifier train with exact BP; on each batch, the exact output
@@ -364,11 +393,17 @@ def gradient_fidelity(model: nn.Module, space: SearchSpace, batches: Iterable[tu
     the filtered one (the layer's own filter on the exact g_y, as in the paper's Proposition 1).
     The similarities are averaged over the batches. Frozen is 0, vanilla is 1.
 
+    With ``alpha`` < 1 the trained dense convs prune their error map as
+    :class:`gradfilt.methods.ErrorMapPruning` does (channel scores ``g1 * ||W_j||_1 + g2 * ||g_y,j||_1``,
+    the top ``ceil(alpha * C_out)`` kept): the weight gradient of the other channels is zero, for
+    vanilla and filtered choices alike.
+
     Args:
         model: the network (not changed).
         space: the search space.
         batches: (inputs, targets) pairs.
         loss_fn: the training loss.
+        alpha, g1, g2: error-map pruning (alpha 1: none).
 
     Returns:
         (K, n_choices) array.
@@ -399,14 +434,21 @@ def gradient_fidelity(model: nn.Module, space: SearchSpace, batches: Iterable[tu
             loss_fn(net(inputs), targets).backward()
             for i, name in enumerate(space.layers):
                 conv, (x, y) = modules[name], seen[name]
-                exact = conv.weight.grad.flatten().double()
+                exact = conv.weight.grad.double()
+                mask = torch.ones(conv.out_channels, dtype=torch.float64)
+                if alpha < 1 and conv.groups == 1:  # EMP keeps the top-scored output channels only
+                    mask.zero_()[kept_channels(channel_scores(conv.weight.detach(), y.grad, g1, g2), alpha)] = 1
+                shape = (-1,) + (1,) * (exact.dim() - 1)
+                sums[i, VANILLA] += F.cosine_similarity((exact * mask.view(shape)).flatten(), exact.flatten(),
+                                                        dim=0).item()
                 for c in range(2, space.n_choices):
                     weight = conv.weight.detach().requires_grad_(True)
                     with torch.enable_grad():
                         out = filtered_conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups,
                                               patch_size=space.patch_size(c))
                         (filtered,) = torch.autograd.grad(out, weight, y.grad)
-                    sums[i, c] += F.cosine_similarity(filtered.flatten().double(), exact, dim=0).item()
+                    filtered = filtered.double() * mask.view(shape)
+                    sums[i, c] += F.cosine_similarity(filtered.flatten(), exact.flatten(), dim=0).item()
             count += 1
     finally:
         for h in handles:
@@ -414,7 +456,7 @@ def gradient_fidelity(model: nn.Module, space: SearchSpace, batches: Iterable[tu
     if count == 0:
         raise ValueError("gradient_fidelity needs at least one batch")
     fidelity = sums / count
-    fidelity[:, FROZEN], fidelity[:, VANILLA] = 0.0, 1.0
+    fidelity[:, FROZEN] = 0.0
     return fidelity
 
 
@@ -435,8 +477,10 @@ class AccuracyPredictor:
     ``accuracy = coef . [1, proxy, depth]`` (ridge) from measured fine-tunes.
 
     Attributes:
-        fidelity: (K, n_choices) from :func:`gradient_fidelity`.
+        fidelity: (K, n_choices) from :func:`gradient_fidelity` (no pruning).
         coef: regression coefficients, or None.
+        by_alpha: error-map pruning's kept share alpha < 1 -> the fidelity with that pruning; the
+            features of a configuration trained with EMP at alpha use it.
         cv_spearman: leave-one-out rank correlation of the fitted predictor's held-out predictions
             with the measured accuracies; proxy_spearman: the proxy's own, on the same points.
     """
@@ -447,16 +491,31 @@ class AccuracyPredictor:
     proxy_spearman: Optional[float] = None
     cv_mae: Optional[float] = None
     samples: int = 0
+    by_alpha: dict = field(default_factory=dict)
 
-    def features(self, configs: Union[Sequence[int], np.ndarray]) -> np.ndarray:
-        """(N, 2): proxy and depth of each configuration."""
+    def at(self, alpha: float) -> "AccuracyPredictor":
+        """The predictor for configurations trained with error-map pruning at ``alpha`` (1: none)."""
+        if alpha == 1:
+            return self
+        if alpha not in self.by_alpha:
+            raise ValueError(f"no gradient fidelity for alpha {alpha}; known: {sorted(self.by_alpha) + [1.0]}")
+        return replace(self, fidelity=self.by_alpha[alpha], by_alpha={})
+
+    def features(self, configs: Union[Sequence[int], np.ndarray], alphas: Optional[Sequence[float]] = None
+                 ) -> np.ndarray:
+        """(N, 2): proxy and depth of each configuration (trained with EMP at ``alphas``, default none)."""
         configs = np.atleast_2d(np.asarray(configs, dtype=np.int64))
         rows = np.arange(configs.shape[1])
-        proxy = self.fidelity[rows[None, :], configs].sum(1)
+        alphas = np.ones(len(configs)) if alphas is None else np.asarray(alphas, dtype=float)
+        proxy = np.zeros(len(configs))
+        for alpha in np.unique(alphas):
+            pick = alphas == alpha
+            proxy[pick] = self.at(float(alpha)).fidelity[rows[None, :], configs[pick]].sum(1)
         return np.stack([proxy, (configs != FROZEN).sum(1)], 1).astype(float)
 
-    def predict(self, configs: Union[Sequence[int], np.ndarray]) -> np.ndarray:
-        feats = self.features(configs)
+    def predict(self, configs: Union[Sequence[int], np.ndarray], alphas: Optional[Sequence[float]] = None
+                ) -> np.ndarray:
+        feats = self.features(configs, alphas)
         if self.coef is None:
             return feats[:, 0]
         return self.coef[0] + feats @ self.coef[1:]
@@ -470,28 +529,30 @@ class AccuracyPredictor:
         slopes = beta / std
         return np.concatenate([[y.mean() - mean @ slopes], slopes])
 
-    def fit(self, configs: Sequence[Sequence[int]], accuracies: Sequence[float], ridge: float = 1.0
-            ) -> "AccuracyPredictor":
+    def fit(self, configs: Sequence[Sequence[int]], accuracies: Sequence[float], ridge: float = 1.0,
+            alphas: Optional[Sequence[float]] = None) -> "AccuracyPredictor":
         """A copy fitted on measured (configuration, accuracy) pairs, with leave-one-out checks.
 
         Args:
             configs: the measured configurations.
             accuracies: their measured accuracies.
             ridge: L2 penalty on the standardized slopes.
+            alphas: EMP's alpha each was trained with (default: none pruned).
         """
         configs = np.asarray(configs, dtype=np.int64)
         y = np.asarray(accuracies, dtype=float)
         if len(y) < 4 or len(y) != len(configs):
             raise ValueError(f"fitting the accuracy predictor needs at least 4 (configuration, accuracy) pairs, "
                              f"got {len(configs)} configurations and {len(y)} accuracies")
-        feats = self.features(configs)
+        feats = self.features(configs, alphas)
         held_out = np.empty_like(y)
         for j in range(len(y)):
             keep = np.arange(len(y)) != j
             coef = self._ridge(feats[keep], y[keep], ridge)
             held_out[j] = coef[0] + feats[j] @ coef[1:]
         return AccuracyPredictor(self.fidelity, self._ridge(feats, y, ridge), spearman(held_out, y),
-                                 spearman(feats[:, 0], y), float(np.mean(np.abs(held_out - y))), len(y))
+                                 spearman(feats[:, 0], y), float(np.mean(np.abs(held_out - y))), len(y),
+                                 self.by_alpha)
 
 
 # --- the search --------------------------------------------------------------------------------
@@ -529,6 +590,7 @@ class SearchResult:
         seconds: search time.
         evaluated: configurations whose exact costs were looked up.
         exhaustive: the exhaustive optimum's label, predicted accuracy and seconds (when checked).
+        alpha: error-map pruning's kept share on the trained dense convs (1: none).
     """
 
     config: tuple[int, ...]
@@ -538,6 +600,7 @@ class SearchResult:
     seconds: float
     evaluated: int
     exhaustive: Optional[dict] = None
+    alpha: float = 1.0
 
 
 def _check_budgets(tables: CostTables, budgets: Mapping[str, float]) -> dict[str, float]:
@@ -571,13 +634,14 @@ def _best(configs: np.ndarray, tables: CostTables, predictor: AccuracyPredictor,
 def _result(config: np.ndarray, tables: CostTables, predictor: AccuracyPredictor, seconds: float, evaluated: int
             ) -> SearchResult:
     costs = {m: float(v[0]) for m, v in tables.evaluate(config).items()}
-    return SearchResult(tuple(int(c) for c in config), tables.space.label(config), float(predictor.predict(config)[0]),
-                        costs, seconds, evaluated)
+    return SearchResult(tuple(int(c) for c in config), tables.space.label(config, tables.alpha),
+                        float(predictor.predict(config)[0]), costs, seconds, evaluated, alpha=tables.alpha)
 
 
 def exhaustive(tables: CostTables, predictor: AccuracyPredictor, budgets: Mapping[str, float]) -> SearchResult:
     """The best configuration by enumerating the whole space (vectorized; 5^8 = 390,625 take well under a second)."""
     budgets = _check_budgets(tables, budgets)
+    predictor = predictor.at(tables.alpha)
     start = time.perf_counter()
     configs = tables.space.all_configs()
     row = _best(configs, tables, predictor, budgets)
@@ -619,6 +683,7 @@ def search(tables: CostTables, predictor: AccuracyPredictor, budgets: Mapping[st
     from scipy.optimize import shgo
 
     budgets = _check_budgets(tables, budgets)
+    full_predictor, predictor = predictor, predictor.at(tables.alpha)
     space = tables.space
     k, n = len(space.layers), space.n_choices
     levels = _levels(tables, predictor)
@@ -683,15 +748,62 @@ def search(tables: CostTables, predictor: AccuracyPredictor, budgets: Mapping[st
         best = moves[row - 1]
     result = _result(best, tables, predictor, time.perf_counter() - start, evaluated)
     if check:
-        full = exhaustive(tables, predictor, budgets)
+        full = exhaustive(tables, full_predictor, budgets)
         result.exhaustive = {"label": full.label, "predicted": full.predicted, "seconds": full.seconds,
                              "configurations": full.evaluated}
     return result
 
 
+def search_knob(tables_by_alpha: Mapping[float, CostTables], predictor: AccuracyPredictor,
+                budgets: Mapping[str, float], check: bool = True, shgo_points: int = 64) -> SearchResult:
+    """:func:`search` with error-map pruning's kept share alpha as one more variable.
+
+    Alpha's costs change in steps (ceil(alpha * C_out) channels per layer), so it is searched on the
+    values of ``tables_by_alpha``, each in turn like the depth, with :func:`search` inside; at equal
+    predicted accuracy the larger alpha (less pruning) wins.
+
+    Args:
+        tables_by_alpha: alpha -> :func:`cost_tables` at that alpha (1.0: no pruning).
+        predictor: with ``by_alpha`` fidelities for every alpha < 1 of the tables.
+        budgets, check, shgo_points: as for :func:`search` (the check enumerates every alpha).
+    """
+    start = time.perf_counter()
+    found, evaluated, full = None, 0, None
+    for alpha in sorted(tables_by_alpha, reverse=True):
+        tables = tables_by_alpha[alpha]
+        _check_budgets(tables, budgets)
+        predictor.at(alpha)  # fails early on a missing fidelity
+        try:
+            result = search(tables, predictor, budgets, check=False, shgo_points=shgo_points)
+        except ValueError as err:
+            if "no configuration fits" not in str(err):
+                raise
+            continue
+        evaluated += result.evaluated
+        if found is None or result.predicted > found.predicted + 1e-9 * max(1.0, abs(found.predicted)):
+            found = result
+    if found is None:
+        raise ValueError(f"no configuration fits the budgets {dict(budgets)} at any alpha {sorted(tables_by_alpha)}")
+    found.seconds, found.evaluated = time.perf_counter() - start, evaluated
+    if check:
+        seconds, count = 0.0, 0
+        for alpha in sorted(tables_by_alpha, reverse=True):
+            try:
+                best = exhaustive(tables_by_alpha[alpha], predictor, budgets)
+            except ValueError:
+                continue
+            seconds, count = seconds + best.seconds, count + best.evaluated
+            if full is None or best.predicted > full.predicted + 1e-9 * max(1.0, abs(full.predicted)):
+                full = best
+        found.exhaustive = {"label": full.label, "predicted": full.predicted, "seconds": seconds,
+                            "configurations": count}
+    return found
+
+
 def pareto_front(tables: CostTables, predictor: AccuracyPredictor, metric: str = "activation_bytes"
                  ) -> list[tuple[float, float, str]]:
     """(cost, predicted accuracy, label) of the configurations no other beats on both, by increasing cost."""
+    predictor = predictor.at(tables.alpha)
     configs = tables.space.all_configs()
     cost = tables.evaluate(configs)[metric]
     pred = predictor.predict(configs)
@@ -700,61 +812,73 @@ def pareto_front(tables: CostTables, predictor: AccuracyPredictor, metric: str =
     for j in order:
         if pred[j] > best + 1e-12:
             best = pred[j]
-            front.append((float(cost[j]), float(pred[j]), tables.space.label(configs[j])))
+            front.append((float(cost[j]), float(pred[j]), tables.space.label(configs[j], tables.alpha)))
     return front
 
 
 # --- configurations as method configs -------------------------------------------------------------
-def method_config(space: SearchSpace, config: Sequence[int]) -> dict:
+def method_config(space: SearchSpace, config: Sequence[int], alpha: float = 1.0) -> dict:
     """The ``model.method`` config (``{class_path, init_args}``) that trains ``config``.
 
     A trained tail with one choice throughout is the paper's "#Layers + patch size"
     (``Vanilla(layers=N)`` / ``GradientFilter(layers=N, patch_size=r)``, the run tags vanilla-NL /
-    RX-NL); anything else is an explicit freeze list with per-layer filters.
+    RX-NL); anything else is an explicit freeze list with per-layer filters. With ``alpha`` < 1 the
+    method is :class:`~gradfilt.methods.ErrorMapPruning` at that alpha, in the same two forms.
     """
     space.check(config)
     config = [int(c) for c in config]
     trained = [name for name, c in zip(space.layers, config) if c != FROZEN]
     depth = len(trained)
     tail = config[len(config) - depth:]
+    emp = {"alpha": float(alpha)} if alpha < 1 and depth else {}
+    plain, filtering = ("ErrorMapPruning", "ErrorMapPruning") if emp else ("Vanilla", "GradientFilter")
     if depth and all(c == tail[0] for c in tail) and depth == len(config) - config.index(tail[0]):
         r = space.patch_size(tail[0])
         if r is None:
-            return {"class_path": "Vanilla", "init_args": {"layers": depth}}
-        return {"class_path": "GradientFilter", "init_args": {"layers": depth, "patch_size": r}}
+            return {"class_path": plain, "init_args": {"layers": depth, **emp}}
+        return {"class_path": filtering, "init_args": {"layers": depth, **emp, "patch_size": r}}
     if depth == 0:
         return {"class_path": "Vanilla", "init_args": {"layers": 0}}
     freeze = ["", *(f"~{name}" for name in trained), f"~{space.classifier}"]
     filters = [{"path": name, "patch_size": space.patch_size(c), "type": "conv"}
                for name, c in zip(space.layers, config) if c >= 2]
     if not filters:
-        return {"class_path": "Vanilla", "init_args": {"freeze": freeze}}
-    return {"class_path": "GradientFilter", "init_args": {"freeze": freeze, "filter_install": filters}}
+        return {"class_path": plain, "init_args": {"freeze": freeze, **emp}}
+    return {"class_path": filtering, "init_args": {"freeze": freeze, **emp, "filter_install": filters}}
 
 
-def method_tag(space: SearchSpace, config: Sequence[int]) -> str:
+def method_tag(space: SearchSpace, config: Sequence[int], alpha: float = 1.0) -> str:
     """The run tag the classification CLI gives :func:`method_config` of ``config`` (e.g. R2-2L)."""
     from .methods import build_method
 
-    return build_method(method_config(space, config)).tag
+    return build_method(method_config(space, config, alpha)).tag
 
 
-def config_from_tag(space: SearchSpace, tag: str) -> Optional[tuple[int, ...]]:
-    """The configuration of a run tag ``vanilla-NL`` / ``R<r>-NL`` or a label; None if it is neither."""
+def run_from_tag(space: SearchSpace, tag: str) -> Optional[tuple[tuple[int, ...], float]]:
+    """(configuration, EMP alpha) of a run tag ``vanilla-NL`` / ``R<r>-NL`` / ``emp<alpha>-NL[-R<r>]``
+    or a label (with or without ``-a<alpha>``); None if it is none of them."""
     import re
 
     k = len(space.layers)
-    match = re.fullmatch(r"(vanilla|R(\d+))-(\d+)L", tag)
-    if match:
-        depth, r = int(match.group(3)), match.group(2)
+    match = re.fullmatch(r"(?:(vanilla)|R(\d+)|emp([0-9.]+))-(\d+)L(?:-R(\d+))?", tag)
+    if match and (match.group(3) or not match.group(5)):
+        r = match.group(2) or match.group(5)
+        depth, alpha = int(match.group(4)), float(match.group(3) or 1.0)
         choice = VANILLA if r is None else (2 + space.patch_sizes.index(int(r)) if int(r) in space.patch_sizes else None)
-        if choice is None or depth > k:
+        if choice is None or depth > k or not 0 < alpha <= 1:
             return None
-        return (FROZEN,) * (k - depth) + (choice,) * depth
+        return (FROZEN,) * (k - depth) + (choice,) * depth, alpha
     try:
-        return space.parse(tag)
+        return space.parse_run(tag)
     except ValueError:
         return None
+
+
+def config_from_tag(space: SearchSpace, tag: str) -> Optional[tuple[int, ...]]:
+    """The configuration of a run tag ``vanilla-NL`` / ``R<r>-NL`` or a label, trained without EMP;
+    None otherwise."""
+    run = run_from_tag(space, tag)
+    return run[0] if run is not None and run[1] == 1 else None
 
 
 def sample_configs(space: SearchSpace, count: int, seed: int = 0, frozen_share: float = 0.15

@@ -25,7 +25,7 @@ from ..functional import check_patch_size
 from ..install import FilterSpec, plan_filters, swap_filters
 from ..paths import replace_module, resolve
 from .base import register_method
-from .vanilla import Layers, Vanilla
+from .vanilla import Layers, Vanilla, config_digest
 
 __all__ = ["ErrorMapPruning"]
 
@@ -40,13 +40,16 @@ class ErrorMapPruning(Vanilla):
         g1: weight of ||W_j||_1 in the channel score.
         g2: weight of ||delta_j||_1 (the error map) in the channel score.
         patch_size: gradient filters of this r on the kept channels (and on the trained grouped convs).
+        filter_install: per-layer filters instead of ``patch_size``: entries ``{path, patch_size, type}`` as
+            for :class:`~gradfilt.methods.GradientFilter`; the trained convs they select filter with their r,
+            the other trained convs keep their exact backward (on the kept channels).
         freeze: explicit freeze list instead of ``layers`` (``~path`` un-freezes).
         update_frozen_bn_stats: frozen BatchNorm layers keep updating their running statistics.
     """
 
     def __init__(self, layers: Layers = None, alpha: float = 0.5, g1: float = 0.0, g2: float = 1.0,
                  patch_size: Optional[int] = None, freeze: Optional[list[str]] = None,
-                 update_frozen_bn_stats: bool = False) -> None:
+                 update_frozen_bn_stats: bool = False, filter_install: Optional[list[dict]] = None) -> None:
         super().__init__(layers, freeze, update_frozen_bn_stats)
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
             raise ValueError(f"alpha (the kept share of output channels) must be in (0, 1], got {alpha!r}")
@@ -55,6 +58,15 @@ class ErrorMapPruning(Vanilla):
             raise ValueError(f"g1 and g2 weigh the two score terms: numbers >= 0, not both 0; got {g1!r}, {g2!r}")
         if patch_size is not None:
             check_patch_size(patch_size)
+        if filter_install is not None:
+            if patch_size is not None:
+                raise ValueError("give either patch_size (one r on every trained conv) or a filter_install list, "
+                                 "not both")
+            if isinstance(filter_install, (str, dict)) or not filter_install:
+                raise ValueError(f"filter_install must be a non-empty list of {{path, patch_size, type}} entries, "
+                                 f"got {filter_install!r}")
+            filter_install = [FilterSpec.parse(s if isinstance(s, FilterSpec) else dict(s)) for s in filter_install]
+        self.filter_install = filter_install
         self.alpha, self.g1, self.g2, self.patch_size = float(alpha), float(g1), float(g2), patch_size
         self.pruned_convs: list[str] = []  # filled by apply()
 
@@ -66,10 +78,16 @@ class ErrorMapPruning(Vanilla):
             trained = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and flags[f"{n}.weight"]]
         dense = [n for n in trained if type(resolve(model, n)) is nn.Conv2d and resolve(model, n).groups == 1]
         grouped = [n for n in trained if n not in dense]
-        pruned = {n: PrunedConv2d.from_conv(resolve(model, n), self.alpha, self.g1, self.g2, self.patch_size)
+        if self.filter_install is not None:  # per-layer r, checked against the model before the first change
+            sizes = {n: f.patch_size for n, f in plan_filters(model, self.filter_install).items()}
+            untrained = sorted(set(sizes) - set(trained))
+            if untrained:
+                raise ValueError(f"filter_install selects {untrained}, which do not train")
+        else:
+            sizes = {n: self.patch_size for n in trained} if self.patch_size is not None else {}
+        pruned = {n: PrunedConv2d.from_conv(resolve(model, n), self.alpha, self.g1, self.g2, sizes.get(n))
                   for n in dense}  # built (and checked) before the first change
-        filters = plan_filters(model, [FilterSpec(n, self.patch_size, "conv") for n in grouped]) \
-            if self.patch_size is not None else {}
+        filters = plan_filters(model, [FilterSpec(n, sizes[n], "conv") for n in grouped if n in sizes])
         for name, module in pruned.items():
             replace_module(model, name, module)
         swap_filters(model, filters)
@@ -80,8 +98,13 @@ class ErrorMapPruning(Vanilla):
     def tag(self) -> str:
         """``emp<alpha>-<layers>[-R<r>]``, e.g. ``emp0.5-all``, ``emp0.25-2L-R2``."""
         filt = f"-R{self.patch_size}" if self.patch_size else ""
+        if self.filter_install is not None:
+            sizes = {s.patch_size for s in self.filter_install}
+            specs = [(s.path, s.patch_size, s.type) for s in self.filter_install]
+            filt = f"-R{sizes.pop() if len(sizes) == 1 else 'x'}-{config_digest(specs)}"
         weights = "" if (self.g1, self.g2) == (0.0, 1.0) else f"-g{self.g1:g},{self.g2:g}"
         return f"emp{self.alpha:g}-{self._depth()}{weights}{filt}"
 
     def fields(self) -> dict[str, Any]:
-        return {**super().fields(), "method": self.tag, "patch_size": self.patch_size or "-"}
+        patch = "custom" if self.filter_install is not None else self.patch_size or "-"
+        return {**super().fields(), "method": self.tag, "patch_size": patch}

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Budgeted configuration search on the demo's protocol (Fashion-MNIST at 96x96, pretrain on partition 0,
-# fine-tune on partition 1): which of the last 8 convs train, vanilla or filtered with r in {2, 4, 7}.
+# fine-tune on partition 1): which of the last 8 convs train, vanilla or filtered with r in {2, 4, 7}, and
+# error-map pruning's kept share alpha (EMP_ALPHAS) on them or none.
 #  1. latency: the network's conv geometries timed at the fine-tuning batch (python -m latency), for the
 #     search's per-layer latency model;
-#  2. the few-sample predictor: SAMPLES sampled configurations, each fine-tuned briefly
-#     (schedules/fmnist_search_sample.yaml: one epoch on 5,000 images), runs named by their labels;
-#  3. for each budget of BUDGETS (default: the activation memory of R2-2L, then of R4-4L) the search, the
+#  2. the few-sample predictor: SAMPLES sampled configurations (and a third as many again trained with EMP),
+#     each fine-tuned briefly (schedules/fmnist_search_sample.yaml: one epoch on 5,000 images), runs named by
+#     their labels;
+#  3. for each budget of BUDGETS (default: the activation memory of R2-2L, then of R4-4L, then the backward
+#     FLOPs of R2-4L) the search, the
 #     searched configuration fine-tuned with the full recipe (schedules/fmnist_finetune.yaml, into
 #     runs/compare like the fixed configurations), and the search's table again with its measured accuracy.
 # Reuses the pretraining and the fixed configurations' runs of scripts/classification/compare.sh (runs them if
@@ -16,7 +19,8 @@ PY=${PY:-python}
 RUNS=${RUNS:-runs}
 ARCH=${ARCH:-resnet18}
 SAMPLES=${SAMPLES:-25}
-BUDGETS=${BUDGETS:-"memory=R2-2L memory=R4-4L"}
+BUDGETS=${BUDGETS-"memory=R2-2L memory=R4-4L flops=R2-4L"}
+EMP_ALPHAS=${EMP_ALPHAS-0.5}  # error-map pruning's kept share, searched beside no pruning ("" to leave EMP out)
 C=configs/classification
 OUT="$RUNS/search/$ARCH"
 
@@ -38,7 +42,8 @@ done
 done_already "$OUT/latency/conv.csv" || "$PY" -m latency --cases "$ARCH" --image-size 96 --batch 64 \
   --patch-sizes 2 4 7 --out "$OUT/latency"
 
-"$PY" -m classification search "${finetune[@]}" --sample "$SAMPLES" --out "$OUT" "$@"
+knob=(); [[ -n "$EMP_ALPHAS" ]] && knob=(--emp-alphas $EMP_ALPHAS)
+"$PY" -m classification search "${finetune[@]}" --sample "$SAMPLES" "${knob[@]}" --out "$OUT" "$@"
 for yaml in "$OUT"/samples/*.yaml; do
   label=$(basename "$yaml" .yaml)
   done_already "$RUNS/search_samples/$ARCH/fmnist/$label/best.ckpt" || "$PY" -m classification fit "${common[@]}" \
@@ -46,12 +51,12 @@ for yaml in "$OUT"/samples/*.yaml; do
     --config "$yaml" --run_name "$label" "$@"
 done
 
-search=(--latency-csv "$OUT/latency/conv.csv" --measured "$RUNS/search_samples/$ARCH/fmnist"
+search=("${knob[@]}" --latency-csv "$OUT/latency/conv.csv" --measured "$RUNS/search_samples/$ARCH/fmnist"
         --compare "$RUNS/compare/$ARCH/fmnist")
 for budget in $BUDGETS; do
   dir="$OUT/${budget//=/-}"
   "$PY" -m classification search "${finetune[@]}" --budget "$budget" "${search[@]}" --out "$dir" "$@"
-  label=$(sed -n 's/.*: \([_V0-9]*\) over .*/\1/p' "$dir/method.yaml")
+  label=$(sed -n 's/.*: \([_V0-9a.-]*\) over .*/\1/p' "$dir/method.yaml")
   done_already "$RUNS/compare/$ARCH/fmnist/$label/best.ckpt" || "$PY" -m classification fit "${finetune[@]}" \
     --config "$dir/method.yaml" --run_name "$label" "$@"
   "$PY" -m classification search "${finetune[@]}" --budget "$budget" "${search[@]}" --out "$dir" "$@" \

@@ -51,6 +51,15 @@ def test_sampled_configurations_round_trip_through_the_cli_parser(fmnist_root, t
         trained, filtered = _trained_and_filtered(resolve_config([*args, "--config", str(path)]))
         assert trained == {n for n, c in zip(layers, config) if c} | {"fc"}, path.stem
         assert filtered == {n for n, c in zip(layers, config) if c >= 2}, path.stem
+    # with the EMP knob: a third as many again, pruned, and the folder holds this sampling only
+    main(["search", *args, "--sample", "6", "--last", "4", "--emp-alphas", "0.5", "--out", str(tmp_path / "s")])
+    files = sorted((tmp_path / "s" / "samples").glob("*.yaml"))
+    pruned = [f for f in files if f.stem.endswith("-a0.5")]
+    assert len(files) == 8 and len(pruned) == 2
+    for path in pruned:
+        config, alpha = space.parse_run(path.stem)
+        method = method_of(resolve_config([*args, "--config", str(path)]).model.as_dict()["method"])
+        assert type(method).__name__ == "ErrorMapPruning" and method.alpha == alpha == 0.5
 
 
 def test_search_under_a_fixed_configurations_memory_writes_a_runnable_method(fmnist_root, tmp_path, capsys):

@@ -134,6 +134,26 @@ def test_pruning_then_filtering_is_configuration():
     assert isinstance(mbv2.features[17].conv[1][0], FilteredConv2d)  # a trained depthwise conv: filtered only
 
 
+def test_per_layer_patch_sizes_and_their_errors():
+    model = build_model("resnet18", 10)
+    specs = [{"path": "layer4.1.conv2", "patch_size": 4, "type": "conv"}]
+    method = ErrorMapPruning(layers=2, alpha=0.5, filter_install=specs)
+    method.apply(model, torch.zeros(1, 3, 64, 64))
+    assert model.layer4[1].conv2.patch_size == 4 and model.layer4[1].conv1.patch_size is None
+    assert isinstance(model.layer4[1].conv1, PrunedConv2d) and method.tag.startswith("emp0.5-2L-R4-")
+    with pytest.raises(ValueError, match="not both"):
+        ErrorMapPruning(layers=2, patch_size=2, filter_install=specs)
+    with pytest.raises(ValueError, match="non-empty list"):
+        ErrorMapPruning(layers=2, filter_install=[])
+    untouched = build_model("resnet18", 10)
+    before = {n: type(m) for n, m in untouched.named_modules()}
+    wrong = ErrorMapPruning(layers=2, filter_install=[{"path": "layer3.1.conv2", "patch_size": 2, "type": "conv"}])
+    with pytest.raises(ValueError, match=r"selects \['layer3.1.conv2'\], which do not train"):
+        wrong.apply(untouched, torch.zeros(1, 3, 64, 64))
+    assert {n: type(m) for n, m in untouched.named_modules()} == before
+    assert all(p.requires_grad for p in untouched.parameters())
+
+
 def test_cost_counts_the_kept_channels_and_the_scoring():
     model = build_model("resnet20", 10)
     ErrorMapPruning(layers="all", alpha=0.25).apply(model, torch.zeros(1, 3, 32, 32))

@@ -205,3 +205,58 @@ def test_bad_input_is_refused_with_the_valid_values(resnet):
         space.label((0, 1))
     samples = gs.sample_configs(space, 30, seed=0)
     assert len(set(samples)) == 30 and {sum(c != 0 for c in s) for s in samples} >= set(range(2, 7))
+
+
+def test_emp_alpha_tables_equal_the_cost_model_of_the_pruned_network():
+    model = _folded("resnet18", 64)
+    space = gs.search_space(model, torch.zeros(1, 3, 64, 64), 5, (2, 4))
+    tables = gs.cost_tables(model, space, 64, batch_size=2, alpha=0.3)
+    plain = gs.cost_tables(model, space, 64, batch_size=2)
+    configs = gs.sample_configs(space, 8, seed=2) + [(0, 0, 0, 1, 1), (0, 0, 0, 2, 2)]
+    costs, unpruned = tables.evaluate(configs), plain.evaluate(configs)
+    assert (costs["activation_bytes"] == unpruned["activation_bytes"]).all()  # EMP keeps what the layer keeps
+    for j, config in enumerate(configs):
+        method, configured = _configured_alpha(model, space, config, 0.3)
+        report = method.cost(configured, 64, batch_size=2)
+        assert costs["backward_flops"][j] == report.backward_flops, space.label(config)
+        if all(c in (0, 1) for c in config):  # on an exact backward pruning saves more than its scoring costs
+            assert costs["backward_flops"][j] < unpruned["backward_flops"][j]
+        assert costs["activation_bytes"][j] == report.activation_bytes
+        sizes = {n: m.patch_size for n, m in configured.named_modules() if type(m).__name__ == "PrunedConv2d"}
+        assert sizes == {n: space.patch_size(c) for n, c in zip(space.layers, config) if c}
+    assert gs.method_tag(space, (0, 0, 0, 2, 2), 0.3) == "emp0.3-2L-R2"
+    assert gs.run_from_tag(space, "emp0.3-2L-R2") == ((0, 0, 0, 2, 2), 0.3)
+    assert gs.run_from_tag(space, "emp0.5-3L") == ((0, 0, 1, 1, 1), 0.5)
+    assert gs.run_from_tag(space, space.label((0, 1, 0, 3, 2), 0.25)) == ((0, 1, 0, 3, 2), 0.25)
+    assert gs.run_from_tag(space, "R2-2L-R2") is None and gs.config_from_tag(space, "emp0.5-3L") is None
+    with pytest.raises(ValueError, match=r"alpha .* must be in \(0, 1\]"):
+        gs.cost_tables(model, space, 64, alpha=0.0)
+
+
+def _configured_alpha(model, space, config, alpha):
+    method = build_method(gs.method_config(space, config, alpha))
+    configured = copy.deepcopy(model)
+    method.apply(configured, torch.zeros(1, 3, 64, 64))
+    return method, configured
+
+
+def test_pruning_lowers_the_fidelity_and_the_knob_search_matches_enumeration(resnet):
+    model, space, tables = resnet
+    torch.manual_seed(0)
+    batches = [(torch.randn(8, 3, 64, 64), torch.randint(0, 10, (8,)))]
+    fidelity = {a: gs.gradient_fidelity(model, space, batches, alpha=a) for a in (1.0, 0.5, 0.25)}
+    assert fidelity[1.0][:, 1] == pytest.approx(1.0)
+    assert (fidelity[0.25][:, 1:] < fidelity[0.5][:, 1:]).all() and (fidelity[0.5][:, 1:] < fidelity[1.0][:, 1:]).all()
+    predictor = gs.AccuracyPredictor(fidelity[1.0], by_alpha={0.5: fidelity[0.5], 0.25: fidelity[0.25]})
+    by_alpha = {a: tables if a == 1 else gs.cost_tables(model, space, 64, alpha=a) for a in fidelity}
+    everything = tables.evaluate(space.all_configs())
+    for quantile in (0.05, 0.3, 0.7):  # FLOPs budgets: pruning saves FLOPs, not memory
+        budget = {"backward_flops": float(np.quantile(everything["backward_flops"], quantile))}
+        found = gs.search_knob(by_alpha, predictor, budget)
+        assert found.label == found.exhaustive["label"] and found.costs["backward_flops"] <= budget["backward_flops"]
+        _, configured = _configured_alpha(model, space, found.config, found.alpha)
+        assert estimate_configured(configured, 64).backward_flops == found.costs["backward_flops"]
+    found = gs.search_knob(by_alpha, predictor, {"activation_bytes": 1e9})  # unconstrained: exact gradients
+    assert found.alpha == 1.0 and found.label == "V" * 6
+    with pytest.raises(ValueError, match="no gradient fidelity for alpha 0.75"):
+        gs.search_knob({0.75: gs.cost_tables(model, space, 64, alpha=0.75)}, predictor, {"activation_bytes": 1e9})
