@@ -28,7 +28,7 @@ The pieces, each usable on its own:
 * :func:`search` -- FLASH's hierarchical SHGO: depth first (the earliest trained layer, each
   value in turn), then ``scipy.optimize.shgo`` over a continuous relaxation of the per-layer
   choices (levels ordered by cost, costs and scores interpolated linearly between them), rounded
-  to the neighbouring integer configurations and polished by moves of one or two layers, every candidate
+  to the neighbouring integer configurations and polished by moves of up to three layers, every candidate
   checked against the exact tables; :func:`exhaustive` enumerates the whole space (vectorized) to
   check it. :func:`method_config` turns a configuration into the classification CLI's method
   config; :func:`pareto_front` gives the best predicted accuracy per memory.
@@ -59,6 +59,7 @@ __all__ = ["SearchSpace", "search_space", "CostTables", "cost_tables", "LatencyM
            "config_from_tag", "sample_configs", "spearman", "parse_budget", "METRICS"]
 
 FROZEN, VANILLA = 0, 1
+EXHAUSTIVE_LIMIT = 10 ** 7  # search(check=True) enumerates spaces up to this many configurations
 METRICS = ("activation_bytes", "backward_flops", "latency_ms")
 _SYMBOLS = {FROZEN: "_", VANILLA: "V"}
 
@@ -661,21 +662,25 @@ def _levels(tables: CostTables, predictor: AccuracyPredictor) -> np.ndarray:
 
 
 def search(tables: CostTables, predictor: AccuracyPredictor, budgets: Mapping[str, float],
-           check: bool = True, shgo_points: int = 64) -> SearchResult:
+           check: bool = True, shgo_points: int = 16, starts_kept: int = 8, max_dims: int = 6) -> SearchResult:
     """Best predicted configuration under ``budgets`` by FLASH's hierarchical SHGO.
 
     For each earliest trained layer e (depth first), ``scipy.optimize.shgo`` maximizes the relaxed
     predicted accuracy of the layers from e on (each a level in [0, n_choices - 1], choices ordered by
     cost, costs and scores linear between levels, layer e kept trained) under the relaxed budgets
     (SLSQP as local minimizer); the relaxed optimum's neighbouring integer configurations are checked
-    with the exact tables, and the best is polished by moves of one or two layers until none helps.
+    with the exact tables, and the best few are polished by moves of up to three layers until none helps.
 
     Args:
         tables: exact costs (with ``latency_ms`` for a latency budget).
         predictor: the accuracy predictor.
         budgets: metric -> upper bound (metrics of ``tables.metrics``).
-        check: also enumerate the whole space and record its optimum (``result.exhaustive``).
-        shgo_points: SHGO's sampling points per depth.
+        check: also enumerate the whole space (up to :data:`EXHAUSTIVE_LIMIT` configurations) and record
+            its optimum (``result.exhaustive``); should it predict better than what SHGO found, it is
+            returned instead (``exhaustive["shgo_label"]``).
+        shgo_points: SHGO's sampling points per depth (at least 4 per relaxed variable).
+        starts_kept: how many of the best rounded candidates are polished.
+        max_dims: SHGO's variables per depth at most (later layers share one in consecutive groups).
 
     Raises:
         ValueError when no configuration fits.
@@ -704,58 +709,84 @@ def search(tables: CostTables, predictor: AccuracyPredictor, budgets: Mapping[st
             rows = np.arange(len(z))
             return float(((1 - frac) * table[rows, lo] + frac * table[rows, lo + 1]).sum())
 
-        def objective(z: np.ndarray) -> float:
+        # FLASH's hierarchy inside a depth too: layer e alone, the later layers tied in at most
+        # max_dims - 1 consecutive groups (one relaxed variable each); the polish below refines per layer
+        groups = [np.array([0])] + [g for g in np.array_split(np.arange(1, d), max(1, min(d - 1, max_dims - 1))) if len(g)]
+        of_layer = np.concatenate([np.full(len(g), j) for j, g in enumerate(groups)])
+
+        def objective(zg: np.ndarray) -> float:
+            z = zg[of_layer]
             return -(coef[1] * interp(fid, z) + coef[2] * interp(trained, z))
 
-        constraints = [{"type": "ineq", "fun": (lambda z, m=m: (budgets[m] - rest[m] - interp(own[m], z))
+        constraints = [{"type": "ineq", "fun": (lambda zg, m=m: (budgets[m] - rest[m] - interp(own[m], zg[of_layer]))
                                                 / max(budgets[m], 1e-12))} for m in budgets]
-        bounds = [(1.0, n - 1.0)] + [(0.0, n - 1.0)] * (d - 1)
+        bounds = [(1.0, n - 1.0)] + [(0.0, n - 1.0)] * (len(groups) - 1)
         if any(rest[m] + own[m][0, 1] + sum(own[m][j, 0] for j in range(1, d)) > budgets[m] for m in budgets):
             continue  # even the cheapest configuration of this depth does not fit
         try:
-            found = shgo(objective, bounds, constraints=constraints, n=shgo_points, iters=1, sampling_method="sobol",
-                         minimizer_kwargs={"method": "SLSQP"})
+            found = shgo(objective, bounds, constraints=constraints, n=max(shgo_points, 4 * len(groups)), iters=1,
+                         sampling_method="sobol", minimizer_kwargs={"method": "SLSQP"})
             local = getattr(found, "xl", None)  # the local minima SHGO found, best first
             points = [x for x in [found.x, *(list(local[:4]) if local is not None else [])] if x is not None]
-        except (ValueError, np.linalg.LinAlgError):
+        except (ValueError, np.linalg.LinAlgError, RuntimeError):  # e.g. Qhull on degenerate samples
             points = []
         if not points:  # no relaxed point found: start from the cheapest configuration of this depth
-            points = [np.array([1.0] + [0.0] * (d - 1))]
-        for z in points:
+            points = [np.array([1.0] + [0.0] * (len(groups) - 1))]
+        for zg in points:
             choices = [sorted({int(np.floor(v)), int(np.ceil(v))} | {min(n - 1, int(np.ceil(v)) + 1),
                                                                     max(0, int(np.floor(v)) - 1)})
-                       for v in np.clip(z, 0, n - 1)]
+                       for v in np.clip(zg, 0, n - 1)]
             choices[0] = [c for c in choices[0] if c >= 1] or [1]
-            tail = np.array(list(itertools.product(*choices)), dtype=np.int64)
+            tail = np.array(list(itertools.product(*choices)), dtype=np.int64)[:, of_layer]
             configs = np.zeros((len(tail), k), dtype=np.int64)
             configs[:, e:] = levels[np.arange(e, k)[None, :], tail]
             candidates.append(configs)
-    pool = np.concatenate(candidates)
+    pool = np.unique(np.concatenate(candidates), axis=0)
     evaluated = len(pool)
-    row = _best(pool, tables, predictor, budgets)
-    if row is None:
+    costs = tables.evaluate(pool)
+    feasible = np.all([costs[m] <= b * (1 + 1e-12) for m, b in budgets.items()], axis=0)
+    if not feasible.any():
         raise ValueError(f"no configuration fits the budgets {budgets}")
-    best = pool[row]
-    singles = [(i, c) for i in range(k) for c in range(n)]
-    while True:  # polish: the best change of one or two layers, until none improves
-        moves = np.repeat(best[None, :], len(singles) ** 2, 0)
-        for j, ((i1, c1), (i2, c2)) in enumerate(itertools.product(singles, singles)):
-            moves[j, i1], moves[j, i2] = c1, c2
-        evaluated += len(moves)
-        row = _best(np.concatenate([best[None, :], moves]), tables, predictor, budgets)
-        if row == 0:
-            break
-        best = moves[row - 1]
+    pool = pool[feasible]
+    starts = pool[np.argsort(-predictor.predict(pool), kind="stable")[:starts_kept]]
+    changes = [(rows, np.array(list(itertools.product(range(n), repeat=size))))
+               for size in (1, 2, 3) for rows in map(list, itertools.combinations(range(k), size))]
+    polished = []
+    for best in starts:  # polish each start: the best change of up to three layers, until none improves
+        while True:
+            moves = np.concatenate([np.repeat(best[None, :], len(values), 0) for _, values in changes])
+            at = 0
+            for rows, values in changes:
+                moves[at:at + len(values), rows] = values
+                at += len(values)
+            evaluated += len(moves)
+            row = _best(np.concatenate([best[None, :], moves]), tables, predictor, budgets)
+            if row == 0 or (moves[row - 1] == best).all():
+                break
+            best = moves[row - 1]
+        polished.append(best)
+    best = np.stack(polished)[_best(np.stack(polished), tables, predictor, budgets)]
     result = _result(best, tables, predictor, time.perf_counter() - start, evaluated)
-    if check:
+    if check and space.size <= EXHAUSTIVE_LIMIT:
         full = exhaustive(tables, full_predictor, budgets)
-        result.exhaustive = {"label": full.label, "predicted": full.predicted, "seconds": full.seconds,
-                             "configurations": full.evaluated}
+        return _checked(result, full, full.seconds, full.evaluated)
     return result
 
 
+def _checked(found: SearchResult, full: SearchResult, seconds: float, count: int) -> SearchResult:
+    """``found`` with the exhaustive check recorded, or the exhaustive optimum when it predicts better
+    (then ``exhaustive["shgo_label"]`` names what SHGO had found)."""
+    check = {"label": full.label, "predicted": full.predicted, "seconds": seconds, "configurations": count}
+    if full.predicted > found.predicted + 1e-9 * max(1.0, abs(found.predicted)):
+        full.seconds, full.evaluated = found.seconds, found.evaluated
+        full.exhaustive = check | {"shgo_label": found.label, "shgo_predicted": found.predicted}
+        return full
+    found.exhaustive = check
+    return found
+
+
 def search_knob(tables_by_alpha: Mapping[float, CostTables], predictor: AccuracyPredictor,
-                budgets: Mapping[str, float], check: bool = True, shgo_points: int = 64) -> SearchResult:
+                budgets: Mapping[str, float], check: bool = True, shgo_points: int = 16) -> SearchResult:
     """:func:`search` with error-map pruning's kept share alpha as one more variable.
 
     Alpha's costs change in steps (ceil(alpha * C_out) channels per layer), so it is searched on the
@@ -785,7 +816,7 @@ def search_knob(tables_by_alpha: Mapping[float, CostTables], predictor: Accuracy
     if found is None:
         raise ValueError(f"no configuration fits the budgets {dict(budgets)} at any alpha {sorted(tables_by_alpha)}")
     found.seconds, found.evaluated = time.perf_counter() - start, evaluated
-    if check:
+    if check and next(iter(tables_by_alpha.values())).space.size <= EXHAUSTIVE_LIMIT:
         seconds, count = 0.0, 0
         for alpha in sorted(tables_by_alpha, reverse=True):
             try:
@@ -795,14 +826,17 @@ def search_knob(tables_by_alpha: Mapping[float, CostTables], predictor: Accuracy
             seconds, count = seconds + best.seconds, count + best.evaluated
             if full is None or best.predicted > full.predicted + 1e-9 * max(1.0, abs(full.predicted)):
                 full = best
-        found.exhaustive = {"label": full.label, "predicted": full.predicted, "seconds": seconds,
-                            "configurations": count}
+        return _checked(found, full, seconds, count)
     return found
 
 
 def pareto_front(tables: CostTables, predictor: AccuracyPredictor, metric: str = "activation_bytes"
                  ) -> list[tuple[float, float, str]]:
-    """(cost, predicted accuracy, label) of the configurations no other beats on both, by increasing cost."""
+    """(cost, predicted accuracy, label) of the configurations no other beats on both, by increasing cost
+    (by enumeration: spaces up to :data:`EXHAUSTIVE_LIMIT` configurations)."""
+    if tables.space.size > EXHAUSTIVE_LIMIT:
+        raise ValueError(f"the Pareto front enumerates the space: {tables.space.size:,} configurations is more "
+                         f"than {EXHAUSTIVE_LIMIT:,}")
     predictor = predictor.at(tables.alpha)
     configs = tables.space.all_configs()
     cost = tables.evaluate(configs)[metric]

@@ -2,6 +2,7 @@
 the latency fit, the gradient-fidelity proxy and the method configs it emits."""
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -87,9 +88,10 @@ def _synthetic(k, n_patch, seed):
     return tables, predictor
 
 
-@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("seed", range(10))
 def test_shgo_finds_the_enumerated_optimum(seed):
-    tables, predictor = _synthetic(k=3 + seed % 3, n_patch=2 + seed % 2, seed=seed)
+    k = 7 if seed >= 8 else 3 + seed % 3  # the last two: 5^7 = 78,125 configurations
+    tables, predictor = _synthetic(k=k, n_patch=2 + seed % 2, seed=seed)
     everything = tables.evaluate(tables.space.all_configs())
     for quantile in (0.1, 0.4, 0.8):
         budgets = {"activation_bytes": float(np.quantile(everything["activation_bytes"], quantile))}
@@ -260,3 +262,13 @@ def test_pruning_lowers_the_fidelity_and_the_knob_search_matches_enumeration(res
     assert found.alpha == 1.0 and found.label == "V" * 6
     with pytest.raises(ValueError, match="no gradient fidelity for alpha 0.75"):
         gs.search_knob({0.75: gs.cost_tables(model, space, 64, alpha=0.75)}, predictor, {"activation_bytes": 1e9})
+
+
+def test_a_better_exhaustive_optimum_replaces_what_shgo_found():
+    tables, predictor = _synthetic(k=4, n_patch=2, seed=0)
+    budgets = {"activation_bytes": float(np.median(tables.evaluate(tables.space.all_configs())["activation_bytes"]))}
+    weak = gs.search(tables, predictor, budgets, check=False, shgo_points=1, starts_kept=1)
+    full = gs.exhaustive(tables, predictor, budgets)
+    checked = gs._checked(replace(weak, config=(0, 0, 0, 1), label="___V", predicted=-1.0), full, 0.1, 81)
+    assert checked.label == full.label and checked.exhaustive["shgo_label"] == "___V"
+    assert gs._checked(weak, full, 0.1, 81).exhaustive.get("shgo_label") is None or weak.predicted < full.predicted
