@@ -651,7 +651,7 @@ def exhaustive(tables: CostTables, predictor: AccuracyPredictor, budgets: Mappin
     return _result(configs[row], tables, predictor, time.perf_counter() - start, len(configs))
 
 
-def _levels(tables: CostTables, predictor: AccuracyPredictor) -> np.ndarray:
+def _levels(tables: CostTables) -> np.ndarray:
     """Choices per layer ordered by activation memory (ties: by FLOPs): the relaxation's integer levels."""
     order = []
     k = len(tables.space.layers)
@@ -659,6 +659,30 @@ def _levels(tables: CostTables, predictor: AccuracyPredictor) -> np.ndarray:
         mem, flops = tables.own["activation_bytes"][i, :, 0], tables.own["backward_flops"][i, :, 0]
         order.append(sorted(range(tables.space.n_choices), key=lambda c: (c != FROZEN, mem[c], flops[c], -c)))
     return np.array(order)
+
+
+def _polish(starts: np.ndarray, tables: CostTables, predictor: AccuracyPredictor, budgets: Mapping[str, float]
+            ) -> tuple[np.ndarray, int]:
+    """Improve each start by its best change of up to three layers until none helps; the best result and the
+    number of configurations costed."""
+    k, n = starts.shape[1], tables.space.n_choices
+    changes = [(rows, np.array(list(itertools.product(range(n), repeat=size))))
+               for size in (1, 2, 3) for rows in map(list, itertools.combinations(range(k), size))]
+    finished, evaluated = [], 0
+    for best in starts:
+        while True:
+            moves = np.concatenate([np.repeat(best[None, :], len(values), 0) for _, values in changes])
+            at = 0
+            for rows, values in changes:
+                moves[at:at + len(values), rows] = values
+                at += len(values)
+            evaluated += len(moves)
+            row = _best(np.concatenate([best[None, :], moves]), tables, predictor, budgets)
+            if row == 0 or (moves[row - 1] == best).all():
+                break
+            best = moves[row - 1]
+        finished.append(best)
+    return np.stack(finished)[_best(np.stack(finished), tables, predictor, budgets)], evaluated
 
 
 def search(tables: CostTables, predictor: AccuracyPredictor, budgets: Mapping[str, float],
@@ -691,7 +715,7 @@ def search(tables: CostTables, predictor: AccuracyPredictor, budgets: Mapping[st
     full_predictor, predictor = predictor, predictor.at(tables.alpha)
     space = tables.space
     k, n = len(space.layers), space.n_choices
-    levels = _levels(tables, predictor)
+    levels = _levels(tables)
     start = time.perf_counter()
     candidates = [np.zeros((1, k), dtype=np.int64)]  # nothing trained but the classifier
     for e in range(k):
@@ -749,23 +773,8 @@ def search(tables: CostTables, predictor: AccuracyPredictor, budgets: Mapping[st
         raise ValueError(f"no configuration fits the budgets {budgets}")
     pool = pool[feasible]
     starts = pool[np.argsort(-predictor.predict(pool), kind="stable")[:starts_kept]]
-    changes = [(rows, np.array(list(itertools.product(range(n), repeat=size))))
-               for size in (1, 2, 3) for rows in map(list, itertools.combinations(range(k), size))]
-    polished = []
-    for best in starts:  # polish each start: the best change of up to three layers, until none improves
-        while True:
-            moves = np.concatenate([np.repeat(best[None, :], len(values), 0) for _, values in changes])
-            at = 0
-            for rows, values in changes:
-                moves[at:at + len(values), rows] = values
-                at += len(values)
-            evaluated += len(moves)
-            row = _best(np.concatenate([best[None, :], moves]), tables, predictor, budgets)
-            if row == 0 or (moves[row - 1] == best).all():
-                break
-            best = moves[row - 1]
-        polished.append(best)
-    best = np.stack(polished)[_best(np.stack(polished), tables, predictor, budgets)]
+    best, polished = _polish(starts, tables, predictor, budgets)
+    evaluated += polished
     result = _result(best, tables, predictor, time.perf_counter() - start, evaluated)
     if check and space.size <= EXHAUSTIVE_LIMIT:
         full = exhaustive(tables, full_predictor, budgets)
