@@ -47,8 +47,8 @@ from gradfilt import _native
 
 IntPair = Union[int, Sequence[int]]
 
-__all__ = ["filtered_conv2d", "filtered_backward", "filter_geometry", "patch_mean", "patch_sum", "check_patch_size",
-           "axis_modes"]
+__all__ = ["filtered_conv2d", "filtered_backward", "filter_geometry", "input_sums", "patch_mean", "patch_sum",
+           "check_patch_size", "axis_modes"]
 
 
 def _pair(value: IntPair, name: str) -> tuple[int, int]:
@@ -349,6 +349,12 @@ def _spread(grid: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
     return grid[:, :, idx_h[:, None], idx_w[None, :]]  # (N, C, H, W), one gather
 
 
+def input_sums(x: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
+    """x~, what the filtered conv's forward keeps for :func:`filtered_backward` (``axes`` from
+    :func:`filter_geometry`): channel-major (C_in, N, nh, nw) on the collapse path, else (N, C_in, nh, nw)."""
+    return _input_sums(x, axes)
+
+
 def _input_sums(x: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
     """x~ as saved by forward: channel-major (C_in, N, nh, nw) on the collapse path, else (N, C_in, nh, nw)."""
     if not _collapse_path(axes):
@@ -362,7 +368,7 @@ def _input_sums(x: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
 
 def _collapse_backward(grad_y: Tensor, x_sum: Optional[Tensor], weight: Optional[Tensor], axes: tuple[_Axis, _Axis],
                        groups: int, x_shape: torch.Size, weight_shape: torch.Size, need_x: bool, need_w: bool,
-                       need_b: bool):
+                       need_b: bool, grid_output: bool = False):
     """Backward when both axes collapse (3x3 "same", 1x1 and depthwise convs, at any stride).
 
     Every kernel collapses to one tap per stride phase, so with the B = N * Hp * Wp patches of
@@ -418,7 +424,8 @@ def _collapse_backward(grad_y: Tensor, x_sum: Optional[Tensor], weight: Optional
             else:
                 grid = torch.bmm(theta_t, g)  # (G, (C_in / G, Ph, Pw), B)
             grid = grid.view(x_shape[1], *phases, n, hp, wp).permute(3, 0, 1, 4, 2, 5)  # (N, C_in, Ph, Hp, Pw, Wp)
-        grad_x = _spread(grid, axes)  # (N, C_in, H, W)
+        # (N, C_in, H, W), or the patch grid itself (N, C_in, Hp, Wp): one phase, every pixel its patch's value
+        grad_x = grid[:, :, 0, :, 0, :] if grid_output else _spread(grid, axes)
     return grad_x, grad_w, grad_b
 
 
@@ -505,15 +512,23 @@ def filter_geometry(x_shape: Sequence[int], y_shape: Sequence[int], kernel: tupl
 
 def filtered_backward(grad_y: Tensor, x_sum: Optional[Tensor], weight: Optional[Tensor], axes: tuple[_Axis, _Axis],
                       groups: int, x_shape: Sequence[int], weight_shape: Sequence[int], need_x: bool, need_w: bool,
-                      need_b: bool) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+                      need_b: bool, grid_output: bool = False
+                      ) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     """(grad_x, grad_w, grad_b) of a filtered conv from g_y, the kept input sums x~ and the weight.
 
     Works on any subset of output channels: give ``grad_y``, ``weight`` and ``weight_shape`` for
     those channels only (error-map pruning runs the filter on the channels it keeps this way).
+    ``grid_output``: grad_x on the patch grid, (N, C_in, Hp, Wp), instead of spread to full resolution
+    (on a stride-1 conv whose kernel collapses, every input pixel takes its patch's value, so the grid
+    is the whole of grad_x; the work of a backward that hands the grid on). Other geometries refuse it.
     """
     ax_h, ax_w = axes
+    if grid_output and not (_collapse_path(axes) and ax_h.n_phases == ax_w.n_phases == 1):
+        raise ValueError("grad_x on the patch grid needs a conv whose kernel collapses with one stride phase "
+                         "(stride 1, dilation < patch size)")
     if _collapse_path(axes):
-        return _collapse_backward(grad_y, x_sum, weight, axes, groups, x_shape, weight_shape, need_x, need_w, need_b)
+        return _collapse_backward(grad_y, x_sum, weight, axes, groups, x_shape, weight_shape, need_x, need_w, need_b,
+                                  grid_output)
     g_mean = patch_mean(grad_y, ax_h.patch)  # g~y's unique values, (N, C_out, Hp, Wp)
     grid_dilation = (ax_h.grid_dilation, ax_w.grid_dilation)
     grad_x = grad_w = grad_b = None

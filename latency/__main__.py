@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -60,11 +61,13 @@ def _kb(nbytes: float) -> str:
 
 def conv_markdown(rows: list[dict]) -> str:
     """Markdown table of conv rows plus per-patch-size medians."""
-    lines = ["| case | r | torch ms | filtered ms | speedup | GEMM ms | copy ms | floor | of floor | saved KB torch | "
-             "saved KB filt | mem ratio | FLOPs ratio |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| case | r | torch ms | filtered ms | speedup | grid ms | grid speedup | GEMM ms | copy ms | floor | "
+             "of floor | saved KB torch | saved KB filt | mem ratio | FLOPs ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        grid = (f"{r['grid_ms']:.2f} | {r['grid_speedup']:.1f}x" if not math.isnan(r["grid_ms"]) else "- | -")
         lines.append(f"| {r['case']} | {r['patch_size']} | {r['torch_ms']:.1f} | {r['filtered_ms']:.2f} | "
-                     f"{r['speedup']:.1f}x | {r['gemm_ms']:.2f} | {r['copy_ms']:.2f} | {r['floor_speedup']:.1f}x | "
+                     f"{r['speedup']:.1f}x | {grid} | {r['gemm_ms']:.2f} | {r['copy_ms']:.2f} | {r['floor_speedup']:.1f}x | "
                      f"{100 * r['speedup'] / r['floor_speedup']:.0f}% | {_kb(r['torch_saved_bytes'])} | "
                      f"{_kb(r['filtered_saved_bytes'])} | {r['memory_ratio']:.4f} | {r['flops_ratio']:.0f}x |")
     lines.append("")
@@ -74,6 +77,10 @@ def conv_markdown(rows: list[dict]) -> str:
                      f"(min {min(r['speedup'] for r in sub):.1f}x, max {max(r['speedup'] for r in sub):.1f}x), "
                      f"median floor {statistics.median(r['floor_speedup'] for r in sub):.1f}x, "
                      f"median memory ratio {statistics.median(r['memory_ratio'] for r in sub):.4f}")
+        grid = [r["grid_speedup"] for r in sub if not math.isnan(r["grid_ms"])]
+        if grid:
+            lines.append(f"R{size}, grad_x on the patch grid: median speedup {statistics.median(grid):.1f}x "
+                         f"(min {min(grid):.1f}x, max {max(grid):.1f}x, {len(grid)} cases)")
     return "\n".join(lines)
 
 

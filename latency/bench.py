@@ -39,6 +39,7 @@ from torch import nn
 
 from gradfilt import FilteredConv2d, _native, filtered_conv2d, functional
 from gradfilt.cost import conv_cost, measure
+from gradfilt.functional import axis_modes, filter_geometry, filtered_backward, input_sums
 from gradfilt.fuse import fuse_bn
 from gradfilt.methods import build_method, method_class
 from gradfilt.models import build_model
@@ -205,6 +206,8 @@ def bench_case(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: t
         fns[f"gemm {r}"] = _gemms(case, batch, y.shape[2:], r, device)
         y_f = filtered_conv2d(x, weight, patch_size=r, **args)
         fns[f"filtered {r}"] = _autograd_backward(y_f, x, weight, grad_y)
+        if grid_supported(case, r):
+            fns[f"grid {r}"] = _grid_backward(x, weight, y, grad_y, args, r)
     times = time_rounds(fns, device, repeats, min_time=min_time)
     t_torch = _spread(times["torch"])
     t_copy = statistics.median(times["copy"])
@@ -217,6 +220,7 @@ def bench_case(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: t
         t_gemm = statistics.median(times[f"gemm {r}"])
         t_filt = _spread(times[f"filtered {r}"])
         mem_filt = measure(FilteredConv2d.from_conv(conv, r), x.detach())["total"]
+        grid = statistics.median(times[f"grid {r}"]) if f"grid {r}" in times else math.nan
         rows.append({
             "case": case.name, **{k: v for k, v in asdict(case).items() if k != "name"},
             "batch": batch, "patch_size": r, "device": device.type,
@@ -228,11 +232,29 @@ def bench_case(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: t
             "copy_bound_speedup": t_torch[0] / t_copy,
             "gemm_ms": 1e3 * t_gemm,
             "floor_speedup": t_torch[0] / (t_gemm + t_copy),
+            "grid_ms": 1e3 * grid, "grid_speedup": t_torch[0] / grid,
             "torch_saved_bytes": mem_torch, "filtered_saved_bytes": mem_filt,
             "memory_ratio": mem_filt / mem_torch,
             "flops_ratio": flops_torch / conv_cost(call, r, True, batch)[0],
         })
     return rows
+
+
+def grid_supported(case: ConvCase, patch_size: int) -> bool:
+    """The filtered backward can hand grad_x on as its patch grid: stride 1 and a kernel that collapses."""
+    return case.stride == 1 and axis_modes(1, case.dilation, patch_size) == ("collapse", "collapse")
+
+
+def _grid_backward(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, grad_y: torch.Tensor, args: dict,
+                   patch_size: int) -> Callable[[], object]:
+    """grad_w and grad_x on the patch grid from x~ and g_y, by :func:`gradfilt.functional.filtered_backward`
+    called directly (the work of a backward that hands the patch grid on, as the paper's own code does)."""
+    kernel = tuple(weight.shape[2:])
+    axes = filter_geometry(x.shape, y.shape, kernel, args["stride"], args["padding"], args["dilation"], patch_size,
+                           axis_modes(args["stride"], args["dilation"], patch_size))
+    x_sum = input_sums(x.detach(), axes)
+    return functools.partial(filtered_backward, grad_y, x_sum, weight.detach(), axes, args["groups"], x.shape,
+                             weight.shape, True, True, False, grid_output=True)
 
 
 def _case_tensors(case: ConvCase, batch: int, device: torch.device):

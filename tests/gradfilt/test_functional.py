@@ -391,3 +391,39 @@ def test_empty_batch_gives_zero_gradients():
     x = torch.randn(0, 4, 8, 8, requires_grad=True)
     conv(x).sum().backward()
     assert x.grad.shape == x.shape and torch.equal(conv.weight.grad, torch.zeros_like(conv.weight))
+
+
+@pytest.mark.parametrize("c_in, c_out, kernel, padding, groups, size, r", [
+    (6, 8, 3, 1, 1, (12, 10), 2), (6, 8, 3, 1, 1, (13, 11), 4), (6, 8, 1, 0, 1, (9, 9), 2), (6, 6, 3, 1, 6, (10, 7), 2),
+])
+def test_patch_grid_output_is_the_whole_grad_x(c_in, c_out, kernel, padding, groups, size, r):
+    from gradfilt.functional import axis_modes, filter_geometry, filtered_backward, input_sums
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, c_in, *size, generator=gen, dtype=torch.float64)
+    weight = torch.randn(c_out, c_in // groups, kernel, kernel, generator=gen, dtype=torch.float64)
+    y = F.conv2d(x, weight, None, 1, padding, 1, groups)
+    grad_y = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    axes = filter_geometry(x.shape, y.shape, (kernel, kernel), (1, 1), (padding, padding), (1, 1), r,
+                           axis_modes(1, 1, r))
+    x_sum = input_sums(x, axes)
+    full_x, full_w, _ = filtered_backward(grad_y, x_sum, weight, axes, groups, x.shape, weight.shape, True, True, False)
+    grid_x, grid_w, _ = filtered_backward(grad_y, x_sum, weight, axes, groups, x.shape, weight.shape, True, True, False,
+                                          grid_output=True)
+    hp, wp = -(-size[0] // r), -(-size[1] // r)
+    assert grid_x.shape == (3, c_in, hp, wp) and torch.equal(grid_w, full_w)
+    spread = grid_x.repeat_interleave(r, 2).repeat_interleave(r, 3)[:, :, :size[0], :size[1]]
+    assert torch.equal(spread, full_x)  # every input pixel takes its patch's value
+    # and the op through autograd gives the same full-resolution gradient
+    xg = x.clone().requires_grad_()
+    (auto,) = torch.autograd.grad(filtered_conv2d(xg, weight, None, 1, padding, 1, groups, patch_size=r), xg, grad_y)
+    torch.testing.assert_close(auto, full_x)
+
+
+def test_patch_grid_output_refuses_strided_convs():
+    from gradfilt.functional import axis_modes, filter_geometry, filtered_backward
+
+    axes = filter_geometry((1, 4, 8, 8), (1, 4, 4, 4), (3, 3), (2, 2), (1, 1), (1, 1), 2, axis_modes(2, 1, 2))
+    with pytest.raises(ValueError, match="one stride phase"):
+        filtered_backward(torch.zeros(1, 4, 4, 4), None, torch.zeros(4, 4, 3, 3), axes, 1, (1, 4, 8, 8),
+                          (4, 4, 3, 3), True, False, False, grid_output=True)

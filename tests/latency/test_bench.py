@@ -45,6 +45,7 @@ def test_bench_case_memory_and_flops_ratio():
         assert row["filtered_saved_bytes"] == 2 * 8 * hp * wp * 4  # the patch sums only
         assert row["flops_ratio"] > 1 and row["speedup"] > 0 and row["copy_ms"] > 0 and row["gemm_ms"] > 0
         assert row["floor_speedup"] == pytest.approx(row["torch_ms"] / (row["gemm_ms"] + row["copy_ms"]))
+        assert row["grid_speedup"] == pytest.approx(row["torch_ms"] / row["grid_ms"])  # grad_x on the patch grid
     assert rows[1]["flops_ratio"] > rows[0]["flops_ratio"]
 
 
@@ -55,6 +56,7 @@ def test_cli_with_a_case_file(tmp_path, capsys):
                  "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "| dw | 2 |" in out and "R2: median speedup" in out
+    assert "x | - | - |" in out and "patch grid" not in out  # a strided case has no patch-grid output
     rows = list(csv.DictReader(open(tmp_path / "out" / "conv.csv")))
     assert rows[0]["case"] == "dw" and (tmp_path / "out" / "conv.png").stat().st_size > 0
 
