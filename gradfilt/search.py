@@ -875,7 +875,7 @@ def method_config(space: SearchSpace, config: Sequence[int], alpha: float = 1.0)
     tail = config[len(config) - depth:]
     emp = {"alpha": float(alpha)} if alpha < 1 and depth else {}
     plain, filtering = ("ErrorMapPruning", "ErrorMapPruning") if emp else ("Vanilla", "GradientFilter")
-    if depth and all(c == tail[0] for c in tail) and depth == len(config) - config.index(tail[0]):
+    if depth and all(c == tail[0] != FROZEN for c in tail):  # the trained layers are the tail, one choice
         r = space.patch_size(tail[0])
         if r is None:
             return {"class_path": plain, "init_args": {"layers": depth, **emp}}

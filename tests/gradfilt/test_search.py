@@ -62,6 +62,11 @@ def test_paper_configurations_become_their_tags(resnet):
     assert gs.config_from_tag(space, "R7-2L") is None  # 7 is not in this space
     assert gs.config_from_tag(space, "vanilla-9L") is None
     assert space.label(gs.config_from_tag(space, "R4-2L")) == "____44"
+    # a trained layer before frozen ones is not the paper's "last N": it needs an explicit freeze list
+    first = gs.method_config(space, (1, 1, 1, 0, 0, 0))["init_args"]["freeze"]
+    assert first == ["", *(f"~{n}" for n in space.layers[:3]), "~fc"]
+    assert gs.method_config(space, (0, 0, 0, 0, 2, 2)) == {"class_path": "GradientFilter",
+                                                          "init_args": {"layers": 2, "patch_size": 2}}
     with pytest.raises(ValueError, match="not a configuration label"):
         space.parse("__x_44")
 
