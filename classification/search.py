@@ -104,9 +104,9 @@ def _budgets(texts: Sequence[str], tables: dict) -> dict[str, float]:
     space = tables[1.0].space
     for text in texts:
         name, _, value = text.partition("=")
-        if gs.run_from_tag(space, value) is not None and name in ("memory", "flops", "latency"):
+        if gs.run_from_tag(space, value) is not None and name in gs.BUDGETS:
             config, alpha = _run_of(space, value, tables, "--budget")
-            metric = gs.parse_budget(f"{name}=1")[0]
+            metric = gs.BUDGETS[name]
             if metric not in tables[alpha].metrics:
                 raise ValueError(f"budget {text!r}: no {metric} table (give --latency-csv for latency budgets)")
             budgets[metric] = float(tables[alpha].evaluate(config)[metric][0])
@@ -114,6 +114,26 @@ def _budgets(texts: Sequence[str], tables: dict) -> dict[str, float]:
             metric, number = gs.parse_budget(text)
             budgets[metric] = number
     return budgets
+
+
+def _write_samples(space: gs.SearchSpace, count: int, seed: int, emp_alphas: Sequence[float], folder: Path
+                   ) -> list[str]:
+    """Method configs of ``count`` sampled configurations (and a third as many again with error-map pruning at
+    an alpha drawn from ``emp_alphas``) as ``folder/<label>.yaml``, replacing the YAML files there; the labels."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.yaml"):  # the folder holds one sampling: the launcher runs every file in it
+        stale.unlink()
+    rng = np.random.default_rng(seed)
+    runs = [(c, 1.0) for c in gs.sample_configs(space, count, seed)]
+    if emp_alphas:
+        runs += [(c, float(rng.choice(emp_alphas))) for c in gs.sample_configs(space, -(-count // 3), seed + 1)]
+    labels = []
+    for config, alpha in runs:
+        label = space.label(config, alpha)
+        text = yaml.safe_dump({"model": {"method": gs.method_config(space, config, alpha)}}, sort_keys=False)
+        (folder / f"{label}.yaml").write_text(f"# searched layers {', '.join(space.layers)}: {label}\n{text}")
+        labels.append(label)
+    return labels
 
 
 def _cost_cells(costs: dict) -> str:
@@ -154,21 +174,7 @@ def search_main(argv: Sequence[str]) -> dict:
     example = torch.zeros(1, 3, size, size)
     space = gs.search_space(model, example, args.last, args.patch_sizes)
     if args.sample is not None:
-        folder = args.out / "samples"
-        folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob("*.yaml"):  # the folder holds one sampling: the launcher runs every file in it
-            stale.unlink()
-        labels = []
-        rng = np.random.default_rng(args.seed)
-        runs = [(c, 1.0) for c in gs.sample_configs(space, args.sample, args.seed)]
-        if alphas[1:]:  # and a third as many again with error-map pruning, alpha drawn from the list
-            runs += [(c, float(rng.choice(alphas[1:])))
-                     for c in gs.sample_configs(space, -(-args.sample // 3), args.seed + 1)]
-        for config_, alpha in runs:
-            label = space.label(config_, alpha)
-            text = yaml.safe_dump({"model": {"method": gs.method_config(space, config_, alpha)}}, sort_keys=False)
-            (folder / f"{label}.yaml").write_text(f"# searched layers {', '.join(space.layers)}: {label}\n{text}")
-            labels.append(label)
+        labels = _write_samples(space, args.sample, args.seed, alphas[1:], args.out / "samples")
         print("\n".join(labels))
         return {"samples": labels, "layers": list(space.layers)}
 
@@ -181,9 +187,9 @@ def search_main(argv: Sequence[str]) -> dict:
     data = ClassificationData(**data_cfg)
     data.setup("fit")
     batches = calibration_batches(data.train_dataloader(), args.fidelity_batches)
-    fidelity = gs.gradient_fidelity(model, space, batches)
-    predictor = gs.AccuracyPredictor(fidelity, by_alpha={a: gs.gradient_fidelity(model, space, batches, alpha=a)
-                                                         for a in alphas[1:]})
+    fidelities = gs.gradient_fidelities(model, space, batches, alphas)
+    fidelity = fidelities[1.0]
+    predictor = gs.AccuracyPredictor(fidelity, by_alpha={a: fidelities[a] for a in alphas[1:]})
     samples = {}
     if args.measured is not None:
         samples = {k: v for k, v in measured_accuracies(args.measured, space).items() if k[1] in tables}
@@ -202,7 +208,7 @@ def search_main(argv: Sequence[str]) -> dict:
     summary_rows = []
     for name, config_, alpha in rows:
         costs = {m: float(v[0]) for m, v in tables[alpha].evaluate(config_).items()}
-        fits = all(costs[m] <= b * (1 + 1e-12) for m, b in budgets.items())
+        fits = bool(gs.CostTables.fits(costs, budgets))
         pred = float(predictor.predict([config_], [alpha])[0])
         acc = measured.get((tuple(config_), alpha))
         label = space.label(config_, alpha)
@@ -263,14 +269,7 @@ def _plot(path: Path, tables: gs.CostTables, predictor: gs.AccuracyPredictor, ro
     if front:  # (a space too large to enumerate shows its configurations only)
         ax.step([max(c, 1) / 1024 for c, _, _ in front], [p for _, p, _ in front], where="post", color="0.4",
                 label="predicted Pareto front")
-    for r in rows:
-        marker = "*" if r["name"] == "searched" else "o"
-        ax.scatter(max(r["activation_bytes"], 1) / 1024, r["predicted"], marker=marker, s=120 if marker == "*" else 40)
-        ax.annotate(r["name"] if r["name"] != "searched" else f"searched {r['label']}",
-                    (max(r["activation_bytes"], 1) / 1024, r["predicted"]), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
-    if "activation_bytes" in budgets:
-        ax.axvline(budgets["activation_bytes"] / 1024, color="red", linestyle=":", label="memory budget")
+    _points(ax, rows, "predicted", budgets)
     ax.set_xscale("log")
     positive = [c for c, _, _ in front if c > 0]
     if positive:  # the classifier-only configuration keeps nothing: start the axis at the first that keeps some
@@ -281,18 +280,24 @@ def _plot(path: Path, tables: gs.CostTables, predictor: gs.AccuracyPredictor, ro
     ax.legend(fontsize=7)
     if has_measured:
         ax = axes[0, 1]
-        for r in rows:
-            if r["measured"] is not None:
-                ax.scatter(max(r["activation_bytes"], 1) / 1024, 100 * r["measured"],
-                           marker="*" if r["name"] == "searched" else "o", s=120 if r["name"] == "searched" else 40)
-                ax.annotate(r["name"] if r["name"] != "searched" else f"searched {r['label']}",
-                            (max(r["activation_bytes"], 1) / 1024, 100 * r["measured"]), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")
-        if "activation_bytes" in budgets:
-            ax.axvline(budgets["activation_bytes"] / 1024, color="red", linestyle=":")
+        _points(ax, [dict(r, measured=100 * r["measured"]) for r in rows if r["measured"] is not None], "measured",
+                budgets)
         ax.set_xscale("log")
         ax.set_xlabel("activation memory per image (KB)")
         ax.set_ylabel("measured val accuracy % (full protocol)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _points(ax, rows: list[dict], value: str, budgets: dict) -> None:
+    """One marker per row at (its memory in KB, ``row[value]``), the searched one a star, each labelled; the
+    memory budget as a dotted line."""
+    for r in rows:
+        searched = r["name"] == "searched"
+        x = max(r["activation_bytes"], 1) / 1024
+        ax.scatter(x, r[value], marker="*" if searched else "o", s=120 if searched else 40)
+        ax.annotate(f"searched {r['label']}" if searched else r["name"], (x, r[value]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    if "activation_bytes" in budgets:
+        ax.axvline(budgets["activation_bytes"] / 1024, color="red", linestyle=":", label="memory budget")

@@ -86,8 +86,8 @@ from .models import ARCHS, build_model
 from .sparse import SparseConv2d
 from .trace import LayerCall, trace_layers
 
-__all__ = ["LayerCost", "CostReport", "training_flops", "conv_cost", "forward_cost", "pruned_conv_cost", "emp_conv_cost", "linear_cost",
-           "estimate", "estimate_configured", "measure",
+__all__ = ["LayerCost", "CostReport", "training_flops", "conv_cost", "forward_cost", "pruned_conv_cost", "emp_conv_cost",
+           "linear_cost", "estimate", "estimate_configured", "measure",
            "print_report", "format_flops", "format_bytes", "main"]
 
 FLOAT_BYTES = 4

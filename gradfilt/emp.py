@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn.grad import conv2d_input, conv2d_weight
 
-from .functional import _input_sums, axis_modes, check_patch_size, filter_geometry, filtered_backward
+from .functional import axis_modes, check_patch_size, filter_geometry, filtered_backward, input_sums
 
 __all__ = ["PrunedConv2d", "channel_scores", "kept_channels"]
 
@@ -66,7 +66,7 @@ class _PrunedConv2dFn(torch.autograd.Function):
             else:
                 ctx.axes = filter_geometry(x.shape, y.shape, tuple(weight.shape[2:]), stride, padding, dilation,
                                            patch_size, axis_modes(stride, dilation, patch_size))
-                kept = _input_sums(x, ctx.axes)  # x~ only
+                kept = input_sums(x, ctx.axes)  # x~ only
         ctx.save_for_backward(kept, weight)
         return y
 

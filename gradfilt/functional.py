@@ -352,11 +352,6 @@ def _spread(grid: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
 def input_sums(x: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
     """x~, what the filtered conv's forward keeps for :func:`filtered_backward` (``axes`` from
     :func:`filter_geometry`): channel-major (C_in, N, nh, nw) on the collapse path, else (N, C_in, nh, nw)."""
-    return _input_sums(x, axes)
-
-
-def _input_sums(x: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
-    """x~ as saved by forward: channel-major (C_in, N, nh, nw) on the collapse path, else (N, C_in, nh, nw)."""
     if not _collapse_path(axes):
         return _sample_patch_sums(x, axes)
     if any(ax.stride > 1 for ax in axes):
@@ -481,7 +476,7 @@ class _FilteredConv2dFn(torch.autograd.Function):
         ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
         x_sum = None
         if ctx.needs_input_grad[1]:  # half precision: r x r sums accumulated in float32, kept in x's dtype
-            x_sum = _input_sums(x.to(_compute_dtype(x.dtype)), ctx.axes).to(x.dtype)
+            x_sum = input_sums(x.to(_compute_dtype(x.dtype)), ctx.axes).to(x.dtype)
         ctx.save_for_backward(x_sum, weight if ctx.needs_input_grad[0] else None)
         return y
 

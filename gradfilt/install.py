@@ -12,7 +12,7 @@ spec leaves the model untouched. Swapped layers keep the original Parameter obje
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Callable, Iterable, Mapping, Union
+from typing import Callable, Iterable, Mapping, Optional, Union
 
 from torch import nn
 
@@ -20,7 +20,8 @@ from .conv import FilteredConv2d
 from .functional import check_patch_size
 from .paths import replace_module, resolve
 
-__all__ = ["FilterSpec", "FILTER_TYPES", "register_filter_type", "install_filters", "plan_filters", "swap_filters"]
+__all__ = ["FilterSpec", "FILTER_TYPES", "register_filter_type", "install_filters", "plan_filters", "swap_filters",
+           "parse_filter_install"]
 
 Handler = Callable[[nn.Module], list[str]]
 FILTER_TYPES: dict[str, Handler] = {}
@@ -79,6 +80,20 @@ class FilterSpec:
         if parsed.type not in FILTER_TYPES:
             raise ValueError(f"unknown filter type {parsed.type!r}; valid types: {sorted(FILTER_TYPES)}")
         return parsed
+
+
+def parse_filter_install(filter_install: Optional[Iterable[Union[FilterSpec, Mapping]]]) -> Optional[list[FilterSpec]]:
+    """A method's ``filter_install`` argument as FilterSpecs (None stays None).
+
+    Raises:
+        ValueError when it is not a non-empty list of ``{path, patch_size, type}`` entries, or an entry is invalid.
+    """
+    if filter_install is None:
+        return None
+    if isinstance(filter_install, (str, dict)) or not filter_install:
+        raise ValueError(f"filter_install must be a non-empty list of {{path, patch_size, type}} entries, "
+                         f"got {filter_install!r}")
+    return [FilterSpec.parse(s if isinstance(s, FilterSpec) else dict(s)) for s in filter_install]
 
 
 def _convs_under(module: nn.Module) -> list[str]:

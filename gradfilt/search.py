@@ -39,6 +39,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import re
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
@@ -55,12 +56,13 @@ from .functional import check_patch_size, filtered_conv2d
 from .trace import LayerCall, trace_layers
 
 __all__ = ["SearchSpace", "search_space", "CostTables", "cost_tables", "LatencyModel", "gradient_fidelity",
-           "AccuracyPredictor", "SearchResult", "search", "exhaustive", "pareto_front", "method_config", "method_tag", "search_knob", "run_from_tag",
-           "config_from_tag", "sample_configs", "spearman", "parse_budget", "METRICS"]
+           "gradient_fidelities", "AccuracyPredictor", "SearchResult", "NoConfigurationFits", "search", "search_knob",
+           "exhaustive", "pareto_front", "method_config", "method_tag", "run_from_tag", "config_from_tag",
+           "sample_configs", "spearman", "parse_budget", "budget_text", "BUDGETS", "EXHAUSTIVE_LIMIT"]
 
 FROZEN, VANILLA = 0, 1
 EXHAUSTIVE_LIMIT = 10 ** 7  # search(check=True) enumerates spaces up to this many configurations
-METRICS = ("activation_bytes", "backward_flops", "latency_ms")
+BUDGETS = {"memory": "activation_bytes", "flops": "backward_flops", "latency": "latency_ms"}  # budget name -> metric
 _SYMBOLS = {FROZEN: "_", VANILLA: "V"}
 
 
@@ -199,6 +201,11 @@ class CostTables:
         rows = np.arange(configs.shape[1])
         return {m: self.own[m][rows[None, :], configs, e[:, None]].sum(1) + self.rest[m][e] for m in self.metrics}
 
+    @staticmethod
+    def fits(costs: Mapping[str, np.ndarray], budgets: Mapping[str, float]) -> np.ndarray:
+        """Which of the configurations whose :meth:`evaluate` costs these are stay within every budget."""
+        return np.all([np.asarray(costs[m]) <= limit * (1 + 1e-12) for m, limit in budgets.items()], axis=0)
+
 
 def _grad_flags(model: nn.Module, space: SearchSpace, example: Tensor) -> list[dict[str, bool]]:
     """For each earliest trained layer e (K: none), which traced layers' inputs need a gradient."""
@@ -263,18 +270,19 @@ def cost_tables(model: nn.Module, space: SearchSpace, image_size: Union[int, Seq
                           for call in calls if call.name not in searched)
         return own, rest
 
-    def exact(index: int, batch: int):
-        def cost_of(call, r, grad_input, trains):
-            if isinstance(call.module, nn.Conv2d):
-                if index == 0 and alpha < 1 and trains and call.module.groups == 1:
-                    return emp_conv_cost(call, alpha, r, grad_input, batch)
-                return conv_cost(call, r, grad_input, batch, weight=trains)[index]
-            return linear_cost(call, grad_input, batch, weight=trains) if index == 0 else 0
-        return cost_of
+    def flops(call, r, grad_input, trains):
+        if isinstance(call.module, nn.Linear):
+            return linear_cost(call, grad_input, batch_size, weight=trains)
+        if alpha < 1 and trains and call.module.groups == 1:  # ErrorMapPruning prunes the trained dense convs
+            return emp_conv_cost(call, alpha, r, grad_input, batch_size)
+        return conv_cost(call, r, grad_input, batch_size, weight=trains)[0]
+
+    def kept_bytes(call, r, grad_input, trains):
+        return conv_cost(call, r, grad_input, batch_size, weight=trains)[1] if isinstance(call.module, nn.Conv2d) else 0
 
     own, rest = {}, {}
-    own["backward_flops"], rest["backward_flops"] = layer_terms(exact(0, batch_size))
-    own["activation_bytes"], rest["activation_bytes"] = layer_terms(exact(1, batch_size))
+    own["backward_flops"], rest["backward_flops"] = layer_terms(flops)
+    own["activation_bytes"], rest["activation_bytes"] = layer_terms(kept_bytes)
     if latency is not None:
         own["latency_ms"], rest["latency_ms"] = layer_terms(latency.layer_ms)
     return CostTables(space, own, rest, batch_size, float(alpha))
@@ -286,8 +294,8 @@ def _conv_call(row: Mapping) -> LayerCall:
     g = {k: int(row[k]) for k in ("c_in", "c_out", "h", "w", "kernel", "stride", "padding", "dilation", "groups")}
     conv = nn.Conv2d(g["c_in"], g["c_out"], g["kernel"], g["stride"], g["padding"], g["dilation"], g["groups"],
                      device="meta")
-    size = [(n + 2 * g["padding"] - g["dilation"] * (g["kernel"] - 1) - 1) // g["stride"] + 1 for n in (g["h"], g["w"])]
-    return LayerCall(str(row.get("case", "")), conv, (g["c_in"], g["h"], g["w"]), (g["c_out"], *size), False)
+    out_shape = conv(torch.empty(1, g["c_in"], g["h"], g["w"], device="meta")).shape[1:]
+    return LayerCall(str(row.get("case", "")), conv, (g["c_in"], g["h"], g["w"]), tuple(out_shape), False)
 
 
 @dataclass
@@ -379,7 +387,8 @@ class LatencyModel:
 
     def describe(self) -> str:
         return "; ".join(f"{kind}: ms = {a:.3g} + {b:.3g}/MFLOP + {c:.3g}/M elements + {d:.3g}/M strided weights, "
-                         f"fit error {100 * self.fit_error[kind]:.1f} %, leave-one-out {100 * self.loo_error[kind]:.1f} % "
+                         f"fit error {100 * self.fit_error[kind]:.1f} %, "
+                         f"leave-one-out {100 * self.loo_error[kind]:.1f} % "
                          f"({self.points[kind]} measurements)" for kind, (a, b, c, d) in self.coef.items())
 
 
@@ -409,6 +418,13 @@ def gradient_fidelity(model: nn.Module, space: SearchSpace, batches: Iterable[tu
     Returns:
         (K, n_choices) array.
     """
+    return gradient_fidelities(model, space, batches, (alpha,), loss_fn, g1, g2)[alpha]
+
+
+def gradient_fidelities(model: nn.Module, space: SearchSpace, batches: Iterable[tuple[Tensor, Tensor]],
+                        alphas: Sequence[float], loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+                        g1: float = 0.0, g2: float = 1.0) -> dict[float, np.ndarray]:
+    """:func:`gradient_fidelity` at each of ``alphas`` from one pass over the batches: alpha -> (K, n_choices)."""
     net = copy.deepcopy(model).eval()
     modules = dict(net.named_modules())
     for p in net.parameters():
@@ -425,8 +441,11 @@ def gradient_fidelity(model: nn.Module, space: SearchSpace, batches: Iterable[tu
             return output.clone()  # what follows may work in place (ReLU(inplace=True)); g_y stays the conv's
         return hook
 
+    def cosine(grad: Tensor, exact: Tensor) -> float:
+        return F.cosine_similarity(grad.flatten(), exact.flatten(), dim=0).item()
+
     handles = [modules[name].register_forward_hook(keep(name)) for name in space.layers]
-    sums = np.zeros((len(space.layers), space.n_choices))
+    sums = {alpha: np.zeros((len(space.layers), space.n_choices)) for alpha in alphas}
     count = 0
     try:
         for inputs, targets in batches:
@@ -436,29 +455,27 @@ def gradient_fidelity(model: nn.Module, space: SearchSpace, batches: Iterable[tu
             for i, name in enumerate(space.layers):
                 conv, (x, y) = modules[name], seen[name]
                 exact = conv.weight.grad.double()
-                mask = torch.ones(conv.out_channels, dtype=torch.float64)
-                if alpha < 1 and conv.groups == 1:  # EMP keeps the top-scored output channels only
-                    mask.zero_()[kept_channels(channel_scores(conv.weight.detach(), y.grad, g1, g2), alpha)] = 1
-                shape = (-1,) + (1,) * (exact.dim() - 1)
-                sums[i, VANILLA] += F.cosine_similarity((exact * mask.view(shape)).flatten(), exact.flatten(),
-                                                        dim=0).item()
+                grads = {VANILLA: exact}
                 for c in range(2, space.n_choices):
                     weight = conv.weight.detach().requires_grad_(True)
                     with torch.enable_grad():
                         out = filtered_conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups,
                                               patch_size=space.patch_size(c))
-                        (filtered,) = torch.autograd.grad(out, weight, y.grad)
-                    filtered = filtered.double() * mask.view(shape)
-                    sums[i, c] += F.cosine_similarity(filtered.flatten(), exact.flatten(), dim=0).item()
+                        grads[c] = torch.autograd.grad(out, weight, y.grad)[0].double()
+                for alpha in alphas:
+                    mask = torch.ones(conv.out_channels, dtype=torch.float64)
+                    if alpha < 1 and conv.groups == 1:  # EMP keeps the top-scored output channels only
+                        mask.zero_()[kept_channels(channel_scores(conv.weight.detach(), y.grad, g1, g2), alpha)] = 1
+                    mask = mask.view((-1,) + (1,) * (exact.dim() - 1))
+                    for c, grad in grads.items():
+                        sums[alpha][i, c] += cosine(grad * mask, exact)
             count += 1
     finally:
         for h in handles:
             h.remove()
     if count == 0:
         raise ValueError("gradient_fidelity needs at least one batch")
-    fidelity = sums / count
-    fidelity[:, FROZEN] = 0.0
-    return fidelity
+    return {alpha: total / count for alpha, total in sums.items()}  # frozen stays 0
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
@@ -559,9 +576,8 @@ class AccuracyPredictor:
 # --- the search --------------------------------------------------------------------------------
 def parse_budget(text: str) -> tuple[str, float]:
     """``memory=16KB``, ``flops=8M``, ``latency=12`` (ms) -> (metric, value)."""
-    aliases = {"memory": "activation_bytes", "flops": "backward_flops", "latency": "latency_ms"}
     name, sep, value = text.partition("=")
-    if not sep or name not in aliases:
+    if not sep or name not in BUDGETS:
         raise ValueError(f"a budget is memory=<bytes>, flops=<count> or latency=<ms> (e.g. memory=16KB, flops=8M), "
                          f"got {text!r}")
     units = {"KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3, "K": 1e3, "M": 1e6, "G": 1e9, "B": 1, "": 1}
@@ -574,9 +590,18 @@ def parse_budget(text: str) -> tuple[str, float]:
                 break
             if number <= 0:
                 break
-            return aliases[name], number
+            return BUDGETS[name], number
     raise ValueError(f"budget {text!r}: the value must be a positive number with an optional unit "
                      f"(KB, MB, GB for memory; K, M, G for FLOPs)")
+
+
+class NoConfigurationFits(ValueError):
+    """No configuration of the space stays within the budgets."""
+
+
+def _beats(a: float, b: float) -> bool:
+    """Prediction ``a`` is higher than ``b`` by more than rounding."""
+    return a > b + 1e-9 * max(1.0, abs(b))
 
 
 @dataclass
@@ -616,11 +641,10 @@ def _check_budgets(tables: CostTables, budgets: Mapping[str, float]) -> dict[str
 
 def _best(configs: np.ndarray, tables: CostTables, predictor: AccuracyPredictor, budgets: Mapping[str, float]
           ) -> Optional[int]:
-    """Row of the best feasible configuration: highest prediction, then least memory, then first row."""
+    """Row of the best feasible configuration: highest prediction, then least memory, fewest FLOPs, and the
+    smallest choice indices from the last layer on; None when none fits."""
     costs = tables.evaluate(configs)
-    feasible = np.ones(len(configs), dtype=bool)
-    for m, limit in budgets.items():
-        feasible &= costs[m] <= limit * (1 + 1e-12)
+    feasible = tables.fits(costs, budgets)
     if not feasible.any():
         return None
     pred = np.where(feasible, predictor.predict(configs), -np.inf)
@@ -647,7 +671,7 @@ def exhaustive(tables: CostTables, predictor: AccuracyPredictor, budgets: Mappin
     configs = tables.space.all_configs()
     row = _best(configs, tables, predictor, budgets)
     if row is None:
-        raise ValueError(f"no configuration fits the budgets {budgets}")
+        raise NoConfigurationFits(f"no configuration fits the budgets {budgets}")
     return _result(configs[row], tables, predictor, time.perf_counter() - start, len(configs))
 
 
@@ -666,19 +690,22 @@ def _polish(starts: np.ndarray, tables: CostTables, predictor: AccuracyPredictor
     """Improve each start by its best change of up to three layers until none helps; the best result and the
     number of configurations costed."""
     k, n = starts.shape[1], tables.space.n_choices
-    changes = [(rows, np.array(list(itertools.product(range(n), repeat=size))))
-               for size in (1, 2, 3) for rows in map(list, itertools.combinations(range(k), size))]
+    # every change of up to three layers, as the new choices with -1 where a layer keeps its own
+    changes = []
+    for size in (1, 2, 3):
+        for rows in itertools.combinations(range(k), size):
+            values = np.array(list(itertools.product(range(n), repeat=size)))
+            block = np.full((len(values), k), -1)
+            block[:, list(rows)] = values
+            changes.append(block)
+    changes = np.concatenate(changes)
     finished, evaluated = [], 0
     for best in starts:
-        while True:
-            moves = np.concatenate([np.repeat(best[None, :], len(values), 0) for _, values in changes])
-            at = 0
-            for rows, values in changes:
-                moves[at:at + len(values), rows] = values
-                at += len(values)
+        while True:  # a move equal to the current configuration never displaces row 0 (lexsort is stable)
+            moves = np.where(changes >= 0, changes, best)
             evaluated += len(moves)
             row = _best(np.concatenate([best[None, :], moves]), tables, predictor, budgets)
-            if row == 0 or (moves[row - 1] == best).all():
+            if row == 0:
                 break
             best = moves[row - 1]
         finished.append(best)
@@ -707,7 +734,7 @@ def search(tables: CostTables, predictor: AccuracyPredictor, budgets: Mapping[st
         max_dims: SHGO's variables per depth at most (later layers share one in consecutive groups).
 
     Raises:
-        ValueError when no configuration fits.
+        NoConfigurationFits (a ValueError) when no configuration fits.
     """
     from scipy.optimize import shgo
 
@@ -735,7 +762,8 @@ def search(tables: CostTables, predictor: AccuracyPredictor, budgets: Mapping[st
 
         # FLASH's hierarchy inside a depth too: layer e alone, the later layers tied in at most
         # max_dims - 1 consecutive groups (one relaxed variable each); the polish below refines per layer
-        groups = [np.array([0])] + [g for g in np.array_split(np.arange(1, d), max(1, min(d - 1, max_dims - 1))) if len(g)]
+        tied = np.array_split(np.arange(1, d), max(1, min(d - 1, max_dims - 1)))
+        groups = [np.array([0])] + [g for g in tied if len(g)]
         of_layer = np.concatenate([np.full(len(g), j) for j, g in enumerate(groups)])
 
         def objective(zg: np.ndarray) -> float:
@@ -767,11 +795,9 @@ def search(tables: CostTables, predictor: AccuracyPredictor, budgets: Mapping[st
             candidates.append(configs)
     pool = np.unique(np.concatenate(candidates), axis=0)
     evaluated = len(pool)
-    costs = tables.evaluate(pool)
-    feasible = np.all([costs[m] <= b * (1 + 1e-12) for m, b in budgets.items()], axis=0)
-    if not feasible.any():
-        raise ValueError(f"no configuration fits the budgets {budgets}")
-    pool = pool[feasible]
+    pool = pool[tables.fits(tables.evaluate(pool), budgets)]
+    if not len(pool):
+        raise NoConfigurationFits(f"no configuration fits the budgets {budgets}")
     starts = pool[np.argsort(-predictor.predict(pool), kind="stable")[:starts_kept]]
     best, polished = _polish(starts, tables, predictor, budgets)
     evaluated += polished
@@ -786,7 +812,7 @@ def _checked(found: SearchResult, full: SearchResult, seconds: float, count: int
     """``found`` with the exhaustive check recorded, or the exhaustive optimum when it predicts better
     (then ``exhaustive["shgo_label"]`` names what SHGO had found)."""
     check = {"label": full.label, "predicted": full.predicted, "seconds": seconds, "configurations": count}
-    if full.predicted > found.predicted + 1e-9 * max(1.0, abs(found.predicted)):
+    if _beats(full.predicted, found.predicted):
         full.seconds, full.evaluated = found.seconds, found.evaluated
         full.exhaustive = check | {"shgo_label": found.label, "shgo_predicted": found.predicted}
         return full
@@ -808,35 +834,33 @@ def search_knob(tables_by_alpha: Mapping[float, CostTables], predictor: Accuracy
         budgets, check, shgo_points: as for :func:`search` (the check enumerates every alpha).
     """
     start = time.perf_counter()
-    found, evaluated, full = None, 0, None
-    for alpha in sorted(tables_by_alpha, reverse=True):
-        tables = tables_by_alpha[alpha]
-        _check_budgets(tables, budgets)
+    alphas = sorted(tables_by_alpha, reverse=True)
+    found, evaluated = None, 0
+    for alpha in alphas:
+        _check_budgets(tables_by_alpha[alpha], budgets)
         predictor.at(alpha)  # fails early on a missing fidelity
         try:
-            result = search(tables, predictor, budgets, check=False, shgo_points=shgo_points)
-        except ValueError as err:
-            if "no configuration fits" not in str(err):
-                raise
+            result = search(tables_by_alpha[alpha], predictor, budgets, check=False, shgo_points=shgo_points)
+        except NoConfigurationFits:
             continue
         evaluated += result.evaluated
-        if found is None or result.predicted > found.predicted + 1e-9 * max(1.0, abs(found.predicted)):
+        if found is None or _beats(result.predicted, found.predicted):
             found = result
     if found is None:
-        raise ValueError(f"no configuration fits the budgets {dict(budgets)} at any alpha {sorted(tables_by_alpha)}")
+        raise NoConfigurationFits(f"no configuration fits the budgets {dict(budgets)} at any alpha {alphas[::-1]}")
     found.seconds, found.evaluated = time.perf_counter() - start, evaluated
-    if check and next(iter(tables_by_alpha.values())).space.size <= EXHAUSTIVE_LIMIT:
-        seconds, count = 0.0, 0
-        for alpha in sorted(tables_by_alpha, reverse=True):
-            try:
-                best = exhaustive(tables_by_alpha[alpha], predictor, budgets)
-            except ValueError:
-                continue
-            seconds, count = seconds + best.seconds, count + best.evaluated
-            if full is None or best.predicted > full.predicted + 1e-9 * max(1.0, abs(full.predicted)):
-                full = best
-        return _checked(found, full, seconds, count)
-    return found
+    if not check or tables_by_alpha[alphas[0]].space.size > EXHAUSTIVE_LIMIT:
+        return found
+    full, seconds, count = None, 0.0, 0
+    for alpha in alphas:
+        try:
+            best = exhaustive(tables_by_alpha[alpha], predictor, budgets)
+        except NoConfigurationFits:
+            continue
+        seconds, count = seconds + best.seconds, count + best.evaluated
+        if full is None or _beats(best.predicted, full.predicted):
+            full = best
+    return _checked(found, full, seconds, count)
 
 
 def pareto_front(tables: CostTables, predictor: AccuracyPredictor, metric: str = "activation_bytes"
@@ -900,16 +924,14 @@ def method_tag(space: SearchSpace, config: Sequence[int], alpha: float = 1.0) ->
 def run_from_tag(space: SearchSpace, tag: str) -> Optional[tuple[tuple[int, ...], float]]:
     """(configuration, EMP alpha) of a run tag ``vanilla-NL`` / ``R<r>-NL`` / ``emp<alpha>-NL[-R<r>]``
     or a label (with or without ``-a<alpha>``); None if it is none of them."""
-    import re
-
     k = len(space.layers)
     match = re.fullmatch(r"(?:(vanilla)|R(\d+)|emp([0-9.]+))-(\d+)L(?:-R(\d+))?", tag)
     if match and (match.group(3) or not match.group(5)):
         r = match.group(2) or match.group(5)
         depth, alpha = int(match.group(4)), float(match.group(3) or 1.0)
-        choice = VANILLA if r is None else (2 + space.patch_sizes.index(int(r)) if int(r) in space.patch_sizes else None)
-        if choice is None or depth > k or not 0 < alpha <= 1:
+        if r is not None and int(r) not in space.patch_sizes or depth > k or not 0 < alpha <= 1:
             return None
+        choice = VANILLA if r is None else 2 + space.patch_sizes.index(int(r))
         return (FROZEN,) * (k - depth) + (choice,) * depth, alpha
     try:
         return space.parse_run(tag)

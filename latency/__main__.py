@@ -67,7 +67,8 @@ def conv_markdown(rows: list[dict]) -> str:
     for r in rows:
         grid = (f"{r['grid_ms']:.2f} | {r['grid_speedup']:.1f}x" if not math.isnan(r["grid_ms"]) else "- | -")
         lines.append(f"| {r['case']} | {r['patch_size']} | {r['torch_ms']:.1f} | {r['filtered_ms']:.2f} | "
-                     f"{r['speedup']:.1f}x | {grid} | {r['gemm_ms']:.2f} | {r['copy_ms']:.2f} | {r['floor_speedup']:.1f}x | "
+                     f"{r['speedup']:.1f}x | {grid} | {r['gemm_ms']:.2f} | {r['copy_ms']:.2f} | "
+                     f"{r['floor_speedup']:.1f}x | "
                      f"{100 * r['speedup'] / r['floor_speedup']:.0f}% | {_kb(r['torch_saved_bytes'])} | "
                      f"{_kb(r['filtered_saved_bytes'])} | {r['memory_ratio']:.4f} | {r['flops_ratio']:.0f}x |")
     lines.append("")

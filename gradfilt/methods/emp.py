@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ..emp import PrunedConv2d
 from ..freeze import requires_grad_after
 from ..functional import check_patch_size
-from ..install import FilterSpec, plan_filters, swap_filters
+from ..install import FilterSpec, parse_filter_install, plan_filters, swap_filters
 from ..paths import replace_module, resolve
 from .base import register_method
 from .vanilla import Layers, Vanilla, config_digest
@@ -58,15 +58,9 @@ class ErrorMapPruning(Vanilla):
             raise ValueError(f"g1 and g2 weigh the two score terms: numbers >= 0, not both 0; got {g1!r}, {g2!r}")
         if patch_size is not None:
             check_patch_size(patch_size)
-        if filter_install is not None:
-            if patch_size is not None:
-                raise ValueError("give either patch_size (one r on every trained conv) or a filter_install list, "
-                                 "not both")
-            if isinstance(filter_install, (str, dict)) or not filter_install:
-                raise ValueError(f"filter_install must be a non-empty list of {{path, patch_size, type}} entries, "
-                                 f"got {filter_install!r}")
-            filter_install = [FilterSpec.parse(s if isinstance(s, FilterSpec) else dict(s)) for s in filter_install]
-        self.filter_install = filter_install
+        if filter_install is not None and patch_size is not None:
+            raise ValueError("give either patch_size (one r on every trained conv) or a filter_install list, not both")
+        self.filter_install = parse_filter_install(filter_install)
         self.alpha, self.g1, self.g2, self.patch_size = float(alpha), float(g1), float(g2), patch_size
         self.pruned_convs: list[str] = []  # filled by apply()
 

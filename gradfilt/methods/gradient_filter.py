@@ -16,7 +16,7 @@ from typing import Any, Optional
 from torch import Tensor, nn
 
 from ..functional import check_patch_size
-from ..install import FilterSpec, plan_filters, swap_filters
+from ..install import FilterSpec, parse_filter_install, plan_filters, swap_filters
 from .base import register_method
 from .vanilla import Layers, Vanilla, config_digest
 
@@ -48,11 +48,7 @@ class GradientFilter(Vanilla):
                                  "an explicit filter_install list too")
             check_patch_size(patch_size)
         self.patch_size = patch_size
-        if filter_install is not None and (isinstance(filter_install, (str, dict)) or not filter_install):
-            raise ValueError(f"filter_install must be a non-empty list of {{path, patch_size, type}} entries, "
-                             f"got {filter_install!r}")
-        self.filter_install = None if filter_install is None else [
-            FilterSpec.parse(s if isinstance(s, FilterSpec) else dict(s)) for s in filter_install]
+        self.filter_install = parse_filter_install(filter_install)
         self.filtered_convs: list[str] = []  # filled by apply()
 
     def apply(self, model: nn.Module, example_input: Tensor) -> None:

@@ -293,7 +293,7 @@ def test_no_grad_keeps_nothing(monkeypatch):
     def fail(*args):
         raise AssertionError("patch sums computed although no backward can run")
 
-    monkeypatch.setattr(functional, "_input_sums", fail)
+    monkeypatch.setattr(functional, "input_sums", fail)
     conv = torch.nn.Conv2d(4, 4, 3, padding=1)
     x = torch.randn(2, 4, 8, 8, requires_grad=True)
     with torch.no_grad():
