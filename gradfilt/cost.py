@@ -76,6 +76,7 @@ from torch import Tensor, nn
 from torch.autograd.graph import saved_tensors_hooks
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .chain import SAVED_CATEGORY
 from .conv import FilteredConv2d
 from .emp import PrunedConv2d
 from .freeze import freeze
@@ -452,7 +453,9 @@ def measure(model: nn.Module, batch: Tensor) -> dict[str, int]:
         ptr = t.untyped_storage().data_ptr()
         if ptr not in params and ptr not in seen:
             seen.add(ptr)
-            totals[_category(stack[-1] if stack else None)] += t.untyped_storage().nbytes()
+            # a patch-grid block saves its tensors after its layers ran: they carry their layer type
+            category = getattr(t, SAVED_CATEGORY, None) or _category(stack[-1] if stack else None)
+            totals[category] += t.untyped_storage().nbytes()
         return t
 
     try:
@@ -491,22 +494,24 @@ def _layers_arg(value: str) -> Union[int, str]:
         raise argparse.ArgumentTypeError(f"must be an int >= 0 or 'all', got {value!r}") from None
 
 
-def _measured(model: nn.Module, batch: Tensor) -> dict[str, dict[str, int]]:
+def _measured(model: nn.Module, batch: Tensor, name: str = "as configured") -> dict[str, dict[str, int]]:
     """Saved bytes of the model as set up and, if it has BatchNorm, of a copy with BN folded."""
-    out = {"as configured": measure(model, batch)}
+    out = {name: measure(model, batch)}
     if any(isinstance(m, _BatchNorm) for m in model.modules()):
         fused = copy.deepcopy(model)
         fuse_bn(fused, batch)
-        out["fuse_bn"] = measure(fused, batch)
+        out[f"{name}, BN folded"] = measure(fused, batch)
     return out
 
 
-def print_report(report: CostReport, measured: Optional[dict[str, dict[str, int]]] = None) -> None:
+def print_report(report: CostReport, measured: Optional[dict[str, dict[str, int]]] = None,
+                 notes: str = "") -> None:
     """Print a cost report as a Markdown table and its totals (and measured bytes, if given).
 
     Args:
         report: what :func:`estimate` / :meth:`gradfilt.methods.Method.cost` returned.
         measured: setup name -> :func:`measure` result.
+        notes: the method's own summary (:meth:`gradfilt.methods.Method.summary`), printed after the totals.
     """
     print("| layer | type | input | output | patch | grad_x | backward FLOPs | memory |\n"
           "|---|---|---|---|---|---|---|---|")
@@ -524,6 +529,8 @@ def print_report(report: CostReport, measured: Optional[dict[str, dict[str, int]
     if report.uncounted:
         print(f"not in the paper's convention (trainable normalization layers, see --measure): "
               f"{len(report.uncounted)} layers, e.g. {', '.join(report.uncounted[:3])}")
+    if notes:
+        print(notes)
     for setup, values in (measured or {}).items():
         print(f"measured saved for backward ({setup}): " + ", ".join(f"{k} {format_bytes(v)}" for k, v in values.items()))
 
@@ -543,30 +550,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--measure", action="store_true",
-                        help="also run one real step and report saved bytes, as set up and with BN folded")
+                        help="also run one real step and report the bytes autograd saves (conv / BN / activation / "
+                             "...), as set up and with BN folded; with --patch-size for vanilla BP, the per-layer "
+                             "filters and the patch-grid filters side by side")
     args = parser.parse_args(argv)
     if len(args.image_size) not in (1, 2):
         parser.error(f"--image-size takes S or H W, got {args.image_size}")
     size = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size)
+    setups = {"vanilla": lambda: Vanilla(layers=args.layers)}
+    if args.patch_size is not None:
+        setups = {"vanilla": setups["vanilla"],
+                  "per-layer filtered": lambda: GradientFilter(layers=args.layers, patch_size=args.patch_size,
+                                                               patch_grid=False),
+                  "patch-grid filtered": lambda: GradientFilter(layers=args.layers, patch_size=args.patch_size)}
     try:
         _check_batch(args.batch_size)
         h, w = _image_size(size)
-        model = build_model(args.arch, args.num_classes)
-        method = (Vanilla(layers=args.layers) if args.patch_size is None
-                  else GradientFilter(layers=args.layers, patch_size=args.patch_size))
-        _trace(model, h, w, 3)  # a too-small image is a usage error, before the set-up
-        method.apply(model, torch.zeros(1, 3, h, w))
-        report = method.cost(model, (h, w), args.batch_size)
+        _trace(build_model(args.arch, args.num_classes), h, w, 3)  # a too-small image is a usage error, first
+        models = {}
+        for name, make in setups.items():
+            torch.manual_seed(0)
+            models[name] = (build_model(args.arch, args.num_classes), make())
+            models[name][1].apply(models[name][0], torch.zeros(1, 3, h, w))
     except ValueError as err:
         parser.error(str(err))
+    model, method = models[list(setups)[-1]]  # the method asked for
+    report = method.cost(model, (h, w), args.batch_size)
     result = report.to_dict() | {"method": method.tag}
     if args.measure:
-        model.train()
-        result["measured_bytes"] = _measured(model, torch.randn(args.batch_size, 3, h, w))
+        batch = torch.randn(args.batch_size, 3, h, w, generator=torch.Generator().manual_seed(0))
+        result["measured_bytes"] = {}
+        for name, (each, _) in models.items():
+            result["measured_bytes"] |= _measured(each.train(), batch, name)
     if args.json:
         print(json.dumps(result))
     else:
-        print_report(report, result.get("measured_bytes"))
+        print_report(report, result.get("measured_bytes"), method.summary())
     return 0
 
 

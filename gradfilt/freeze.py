@@ -17,7 +17,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .paths import resolve
 from .trace import LayerCall, trace_layers
 
-__all__ = ["freeze", "check_freeze", "requires_grad_after", "keep_bn_eval", "last_convs", "classifier_name", "classifier_of"]
+__all__ = ["freeze", "check_freeze", "requires_grad_after", "keep_bn_eval", "bn_runs_eval", "last_convs",
+           "classifier_name", "classifier_of"]
 
 _EVAL_HOOK = "_gradfilt_keep_eval"
 
@@ -115,6 +116,16 @@ def keep_bn_eval(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, _BatchNorm):
             _set_bn_frozen(module, True)
+
+
+def bn_runs_eval(bn: nn.Module) -> bool:
+    """Whether the BatchNorm ``bn`` normalizes with its running statistics on its next call: it is in eval
+    mode, or frozen by :func:`freeze` / :func:`keep_bn_eval` (which put it back in eval mode when called).
+
+    Args:
+        bn: a BatchNorm module.
+    """
+    return not bn.training or hasattr(bn, _EVAL_HOOK)
 
 
 def _parameter(model: nn.Module, path: str) -> nn.Parameter:

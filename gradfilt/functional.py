@@ -48,7 +48,7 @@ from gradfilt import _native
 IntPair = Union[int, Sequence[int]]
 
 __all__ = ["filtered_conv2d", "filtered_backward", "filter_geometry", "input_sums", "patch_mean", "patch_sum",
-           "check_patch_size", "axis_modes"]
+           "check_patch_size", "axis_modes", "grad_patch_sums", "patch_grid_grads", "spread_grid"]
 
 
 def _pair(value: IntPair, name: str) -> tuple[int, int]:
@@ -361,10 +361,20 @@ def input_sums(x: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
                                (axes[0].n_patches, axes[1].n_patches))
 
 
-def _collapse_backward(grad_y: Tensor, x_sum: Optional[Tensor], weight: Optional[Tensor], axes: tuple[_Axis, _Axis],
-                       groups: int, x_shape: torch.Size, weight_shape: torch.Size, need_x: bool, need_w: bool,
-                       need_b: bool, grid_output: bool = False):
-    """Backward when both axes collapse (3x3 "same", 1x1 and depthwise convs, at any stride).
+def grad_patch_sums(grad_y: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
+    """Stage 1 of the collapsed backward: the r x r patch sums of g_y, channel-major (C_out, N, Hp, Wp).
+
+    Args:
+        grad_y: (N, C_out, H_out, W_out).
+        axes: the conv's geometry (:func:`filter_geometry`).
+    """
+    return _channel_major_sums(grad_y, axes[0].patch, (0, 0), (axes[0].n_patches, axes[1].n_patches))
+
+
+def patch_grid_grads(g_sum: Tensor, x_sum: Optional[Tensor], weight: Optional[Tensor], axes: tuple[_Axis, _Axis],
+                     groups: int, x_shape: Sequence[int], weight_shape: Sequence[int], need_x: bool, need_w: bool,
+                     need_b: bool) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """Stages 2-3 of the collapsed backward: both gradients on the patch grid, from the patch sums of g_y.
 
     Every kernel collapses to one tap per stride phase, so with the B = N * Hp * Wp patches of
     the batch as columns (channel-major, g~y as G: (C_out, B), x~ as X: (C_in, B)):
@@ -372,13 +382,20 @@ def _collapse_backward(grad_y: Tensor, x_sum: Optional[Tensor], weight: Optional
     the sum of the kernel taps that reach that phase (the whole kernel at stride 1); one GEMM
     each per group, all phases at once. grad_x~ comes out patch-major, (B, C_in), for ungrouped
     stride-1 convs (the faster GEMM there) and channel-major, (C_in, B), otherwise (one GEMM for
-    all stride phases, contiguous grid rows for the spread). g_y is read once (patch sums) and
-    grad_x written once (every pixel takes its phase's value at its patch).
+    all stride phases, contiguous grid rows for the spread).
+
+    Args:
+        g_sum: patch sums of g_y, (C_out, N, Hp, Wp) (:func:`grad_patch_sums`); scaled in place when the
+            output map has partial patches.
+        x_sum, weight, axes, groups, x_shape, weight_shape, need_x, need_w, need_b: as :func:`filtered_backward`.
+
+    Returns:
+        (grad_x~, grad_w, grad_b): grad_x~ per stride phase and patch, (N, C_in, Ph, Hp, Pw, Wp) (any strides);
+        :func:`spread_grid` writes it at full resolution.
     """
-    n, c_out, h_out, w_out = grad_y.shape
+    c_out, n, hp, wp = g_sum.shape
     r = axes[0].patch
-    hp, wp = axes[0].n_patches, axes[1].n_patches
-    g_sum = _channel_major_sums(grad_y, r, (0, 0), (hp, wp))  # (C_out, N, Hp, Wp)
+    h_out, w_out = axes[0].size_out, axes[1].size_out
     grad_b = g_sum.sum((1, 2, 3)) if need_b else None  # patch sums keep every total: exact
     if h_out % r == 0 and w_out % r == 0:
         g_mean, scale = g_sum, 1.0 / (r * r)  # the mean's 1 / r^2 goes on the small GEMM operands
@@ -386,7 +403,7 @@ def _collapse_backward(grad_y: Tensor, x_sum: Optional[Tensor], weight: Optional
         g_mean, scale = g_sum.mul_(_inverse_counts(h_out, w_out, r, g_sum.dtype, g_sum.device)), 1.0
     c_out_g, c_in_g = weight_shape[0] // groups, weight_shape[1]
     g = g_mean.view(groups, c_out_g, n * hp * wp)  # (G, C_out / G, B)
-    grad_x = grad_w = None
+    grid = grad_w = None
     if need_w:
         xs = x_sum.view(groups, c_in_g, n * hp * wp)  # (G, C_in / G, B)
         if groups == 1:
@@ -419,7 +436,34 @@ def _collapse_backward(grad_y: Tensor, x_sum: Optional[Tensor], weight: Optional
             else:
                 grid = torch.bmm(theta_t, g)  # (G, (C_in / G, Ph, Pw), B)
             grid = grid.view(x_shape[1], *phases, n, hp, wp).permute(3, 0, 1, 4, 2, 5)  # (N, C_in, Ph, Hp, Pw, Wp)
-        # (N, C_in, H, W), or the patch grid itself (N, C_in, Hp, Wp): one phase, every pixel its patch's value
+    return grid, grad_w, grad_b
+
+
+def spread_grid(grid: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
+    """Stage 4 of the collapsed backward: grad_x at full resolution from :func:`patch_grid_grads`' grid.
+
+    Every input pixel takes the value of its stride phase (the kernel taps that reach it) at its patch.
+
+    Args:
+        grid: (N, C_in, Ph, Hp, Pw, Wp).
+        axes: the conv's geometry.
+
+    Returns:
+        (N, C_in, H_in, W_in).
+    """
+    return _spread(grid, axes)
+
+
+def _collapse_backward(grad_y: Tensor, x_sum: Optional[Tensor], weight: Optional[Tensor], axes: tuple[_Axis, _Axis],
+                       groups: int, x_shape: torch.Size, weight_shape: torch.Size, need_x: bool, need_w: bool,
+                       need_b: bool, grid_output: bool = False):
+    """Backward when both axes collapse (3x3 "same", 1x1 and depthwise convs, at any stride): g_y is read
+    once (patch sums), both gradients come from two GEMMs on the patch grid, grad_x is written once."""
+    g_sum = grad_patch_sums(grad_y, axes)  # (C_out, N, Hp, Wp)
+    grid, grad_w, grad_b = patch_grid_grads(g_sum, x_sum, weight, axes, groups, x_shape, weight_shape, need_x,
+                                            need_w, need_b)
+    grad_x = None
+    if need_x:  # (N, C_in, H, W), or the patch grid itself (N, C_in, Hp, Wp): one phase, every pixel its patch's value
         grad_x = grid[:, :, 0, :, 0, :] if grid_output else _spread(grid, axes)
     return grad_x, grad_w, grad_b
 

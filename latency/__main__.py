@@ -38,7 +38,7 @@ from .bench import (PARTS, ConvCase, bench_case, bench_parts, bench_steps, keep_
                     model_cases, parts_supported, table10_cases, takes_layers, write_csv)
 
 METHODS_DIR = Path(__file__).resolve().parents[1] / "configs" / "classification" / "methods"
-DEFAULT_METHODS = [METHODS_DIR / f"{name}.yaml" for name in ("vanilla", "r2", "r4")]
+DEFAULT_METHODS = [METHODS_DIR / f"{name}.yaml" for name in ("vanilla", "r2_per_layer", "r2", "r4_per_layer", "r4")]
 
 CASE_SETS = {"table10": lambda size: table10_cases(), "resnet18": lambda size: model_cases("resnet18", size),
              "mobilenet_v2": lambda size: model_cases("mobilenet_v2", size)}

@@ -176,8 +176,16 @@ def test_cli_measures_with_and_without_bn_folded(capsys):
     assert main(["--arch", "resnet18", "--num-classes", "10", "--image-size", "64", "--layers", "2",
                  "--patch-size", "2", "--batch-size", "2", "--measure", "--json"]) == 0
     measured = json.loads(capsys.readouterr().out)["measured_bytes"]
-    assert measured["as configured"]["batchnorm"] > 0 and measured["fuse_bn"]["batchnorm"] == 0
-    assert measured["fuse_bn"]["conv"] == measured["as configured"]["conv"] == 2 * 2 * 512 * 1 * 4
+    assert list(measured) == ["vanilla", "vanilla, BN folded", "per-layer filtered", "per-layer filtered, BN folded",
+                              "patch-grid filtered", "patch-grid filtered, BN folded"]
+    per_layer, folded = measured["per-layer filtered"], measured["per-layer filtered, BN folded"]
+    assert per_layer["batchnorm"] > 0 and folded["batchnorm"] == 0
+    assert folded["conv"] == per_layer["conv"] == 2 * 2 * 512 * 1 * 4  # x~: one 2 x 2 patch of each 2 x 2 map
+    # the patch grid keeps x~ and the masks (the inner one as one count per patch, the outer one as bits)
+    assert measured["patch-grid filtered"] == measured["patch-grid filtered, BN folded"] == {
+        "conv": 2 * 2 * 512 * 4, "batchnorm": 0, "activation": 2 * 512 + 2 * 512 * 4 // 8, "linear": 2 * 512 * 4,
+        "other": 0, "total": 2 * 2 * 512 * 4 + 2 * 512 + 2 * 512 * 4 // 8 + 2 * 512 * 4}
+    assert measured["vanilla"]["activation"] == per_layer["activation"] == 2 * 2 * 512 * 4 * 4  # two ReLU outputs
 
 
 def test_cli_json_contract(capsys):
@@ -194,8 +202,10 @@ def test_cli_table_and_measure(capsys):
                  "--measure"]) == 0
     out = capsys.readouterr().out
     assert "| 14.conv.2.0 | conv | 576x3x3 | 160x3x3 | 2 | yes |" in out
-    assert "measured saved for backward (as configured): conv " in out
-    assert "measured saved for backward (fuse_bn): conv " in out
+    assert "patch-grid backward: 14\n" in out
+    for setup in ("vanilla", "per-layer filtered", "patch-grid filtered"):
+        assert f"measured saved for backward ({setup}): conv " in out
+        assert f"measured saved for backward ({setup}, BN folded): conv " in out
 
 
 @pytest.mark.parametrize(
