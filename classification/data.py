@@ -28,6 +28,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets as tvd
 from torchvision import transforms as T
 
+from gradfilt.registry import registering
+
 __all__ = ["DATASETS", "DatasetInfo", "register_dataset", "num_classes_of", "fedavg_partitions",
            "load_or_create_partitions", "ClassificationData"]
 
@@ -66,10 +68,7 @@ def register_dataset(name: str, info: DatasetInfo) -> DatasetInfo:
         name: dataset key.
         info: its description.
     """
-    if name in DATASETS:
-        raise ValueError(f"dataset {name!r} is already registered")
-    DATASETS[name] = info
-    return info
+    return registering(DATASETS, "dataset", name)(info)
 
 
 def _info(name: str) -> DatasetInfo:

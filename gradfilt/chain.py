@@ -19,8 +19,9 @@ InvertedResidual, MCUNetBlock, Conv2dNormActivation) for a module with the same 
 same parameter names) whose forward runs the block's own layers in its own order - the output
 is the block's, bit for bit, checked at install time - inside one autograd Function. Forward
 keeps x~ (patch sums of the input) for every filtered trained conv, the full input only for
-trained convs that are not filtered, and every ReLU mask bit-packed (1/32 of a float32 map);
-nothing else. Consecutive blocks hand the gradient of the tensor between them on in this form
+trained convs that are not filtered, and each ReLU mask either as its patch counts (one byte per
+patch, when only a filtered conv on the same grid reads it) or bit-packed (1/32 of a float32
+map); nothing else. Consecutive blocks hand the gradient of the tensor between them on in this form
 (the consumer leaves it in a slot of the producer's output and gives autograd a zero-size-strided
 placeholder), so a chain of blocks never writes a full-resolution gradient between them.
 
@@ -48,11 +49,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .conv import FilteredConv2d
 from .freeze import bn_runs_eval
 from .paths import replace_module
+from .registry import registering
 from .functional import (axis_modes, filter_geometry, filtered_backward, grad_patch_sums, input_sums, patch_grid_grads,
                          patch_sum, spread_grid)
 
 __all__ = ["PatchGridBlock", "PatchGridReport", "CHAIN_BLOCKS", "register_chain_block", "install_patch_grid",
-           "plan_patch_grid", "SAVED_CATEGORY"]
+           "plan_patch_grid", "mul_counts_", "SAVED_CATEGORY"]
 
 SAVED_CATEGORY = "_gradfilt_saved_category"  # attribute naming the layer type a saved tensor belongs to
 
@@ -72,23 +74,28 @@ class _Grad:
     ``grid`` is (N, C, ceil(H / patch), ceil(W / patch)), constant over each patch of side ``patch``;
     ``scale`` a per-channel (C,) factor of ``dense`` and ``mask`` a 0/1 (N, C, H, W) map, both pending
     until the gradient is read (a conv reads patch sums, where they cost a pass over the patch grid).
-    A pure grid gradient may carry, instead of its mask, the mask's patch sums ``counts`` (C, N, Hp, Wp):
-    all a filtered conv reads. The methods return new objects (one gradient may feed two branches);
+    A pure grid gradient may carry, instead of its mask, the mask's patch sums ``counts`` (C, N, Hp, Wp), any
+    dtype: all a filtered conv reads. The methods return new objects (one gradient may feed two branches);
     ``memo`` (shared by all gradients of one backward) keeps each dense * mask product computed once.
     """
 
-    __slots__ = ("size", "dense", "scale", "grid", "patch", "mask", "counts", "memo")
+    __slots__ = ("size", "dense", "scale", "grid", "patch", "mask", "counts", "memo", "owned")
 
     def __init__(self, size, dense: Optional[Tensor] = None, grid: Optional[Tensor] = None, patch: int = 0,
                  mask: Optional[Tensor] = None, scale: Optional[Tensor] = None, counts: Optional[Tensor] = None,
-                 memo: Optional[dict] = None) -> None:
+                 memo: Optional[dict] = None, owned: bool = False) -> None:
         self.size, self.dense, self.grid, self.patch = torch.Size(size), dense, grid, patch
         self.mask, self.scale, self.counts = mask, scale, counts
         self.memo = {} if memo is None else memo
+        self.owned = owned  # nothing else reads ``grid``: it may be changed in place (the object is then spent)
 
     def _like(self, **changes) -> "_Grad":
-        parts = {k: getattr(self, k) for k in ("dense", "grid", "patch", "mask", "scale", "counts", "memo")}
+        parts = {k: getattr(self, k) for k in ("dense", "grid", "patch", "mask", "scale", "counts", "memo", "owned")}
         return _Grad(self.size, **(parts | changes))
+
+    def shared(self) -> "_Grad":
+        """The same gradient, for one of several readers: none of them may change its grid in place."""
+        return self._like(owned=False)
 
     def _masked_dense(self) -> Tensor:
         """dense * mask (without the scale), computed once per backward."""
@@ -131,9 +138,11 @@ class _Grad:
 
     def scaled(self, scale: Tensor) -> "_Grad":
         """The gradient times a per-channel scale (C,)."""
-        grid = None if self.grid is None else self.grid * scale.view(1, -1, 1, 1)
+        grid = self.grid
+        if grid is not None:
+            grid = grid.mul_(scale.view(1, -1, 1, 1)) if self.owned else grid * scale.view(1, -1, 1, 1)
         dense_scale = None if self.dense is None else scale if self.scale is None else self.scale * scale
-        return self._like(grid=grid, scale=dense_scale)
+        return self._like(grid=grid, scale=dense_scale, owned=grid is not None)
 
     def __add__(self, other: Optional["_Grad"]) -> "_Grad":
         if other is None:
@@ -155,7 +164,8 @@ class _Grad:
             grid, patch = (self.grid, self.patch) if other.grid is None else (other.grid, other.patch)
         else:
             grid, patch = self.grid + other.grid, self.patch
-        return _Grad(self.size, dense, grid, patch, self.mask, scale, memo=self.memo)
+        owned = (self.owned if other.grid is None else other.owned if self.grid is None else True)
+        return _Grad(self.size, dense, grid, patch, self.mask, scale, memo=self.memo, owned=owned)
 
     def patch_sums(self, axes) -> Tensor:
         """Patch sums of the gradient on a filtered conv's output grid, channel-major (C, N, Hp, Wp)."""
@@ -164,21 +174,45 @@ class _Grad:
             return grad_patch_sums(self.full(), axes)
         grid_sums = None
         if self.grid is not None:
-            # sum_{p in P} spread(grid)[p] * m[p] = grid[P] * (sum_{p in P} m[p])
+            # sum_{p in P} spread(grid)[p] * m[p] = grid[P] * (sum_{p in P} m[p]), in the grid's own layout
+            # (patch-major when a filtered conv wrote it: the GEMMs read it as it is, no transposing copy)
             if self.counts is not None:
-                counts = self.counts  # (C, N, Hp, Wp)
+                counts = self.counts  # (C, N, Hp, Wp), bytes
             elif self.mask is None:
                 ones = torch.ones((1, 1, *self.size[2:]), dtype=self.grid.dtype, device=self.grid.device)
                 counts = patch_sum(ones, patch)[0, 0]  # (Hp, Wp), partial edge patches count what they have
             else:
                 counts = grad_patch_sums(self.mask, axes)  # (C, N, Hp, Wp)
-            grid_sums = self.grid.transpose(0, 1) * counts  # (C, N, Hp, Wp)
+            grid_t = self.grid.transpose(0, 1)  # (C, N, Hp, Wp)
+            grid_sums = mul_counts_(grid_t, counts) if self.owned else grid_t * counts.to(grid_t.dtype)
         if self.dense is None:
-            return grid_sums.contiguous()
+            return grid_sums
         sums = grad_patch_sums(self._masked_dense(), axes)  # (C, N, Hp, Wp)
         if self.scale is not None:  # a per-channel factor commutes with the patch sums
             sums.mul_(self.scale.view(-1, 1, 1, 1))
         return sums if grid_sums is None else sums.add_(grid_sums)
+
+
+_CHUNK_BYTES = 2**20  # float copies of byte counts made this many bytes at a time: reused memory, no page faults
+
+
+def mul_counts_(grid: Tensor, counts: Tensor) -> Tensor:
+    """``grid *= counts`` in place: a patch grid (C, N, Hp, Wp) times a mask's patch counts.
+
+    Byte counts are widened to the grid's dtype one batch slice at a time, so the float copies stay
+    small (reused memory: no fresh pages to fault in, and a same-dtype product instead of a slow
+    mixed-dtype one).
+
+    Args:
+        grid: (C, N, Hp, Wp), any layout.
+        counts: (C, N, Hp, Wp) in any dtype, or (Hp, Wp).
+    """
+    if counts.dtype == grid.dtype or counts.dim() < 4:
+        return grid.mul_(counts.to(grid.dtype))
+    step = max(1, _CHUNK_BYTES // max(1, grid[:, 0].numel() * grid.element_size()))
+    for i in range(0, grid.shape[1], step):
+        grid[:, i:i + step].mul_(counts[:, i:i + step].to(grid.dtype))
+    return grid
 
 
 def _plus(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
@@ -309,14 +343,7 @@ def register_chain_block(class_name: str) -> Callable[[Builder], Builder]:
     by path, in order, with the residual adds. The install checks the program's output against
     the block's own.
     """
-
-    def decorate(builder: Builder) -> Builder:
-        if class_name in CHAIN_BLOCKS:
-            raise ValueError(f"chain block {class_name!r} is already registered")
-        CHAIN_BLOCKS[class_name] = builder
-        return builder
-
-    return decorate
+    return registering(CHAIN_BLOCKS, "chain block", class_name)
 
 
 @register_chain_block("BasicBlock")
@@ -474,7 +501,8 @@ def _forward(nodes: list[_Node], modules: list[Optional[nn.Module]], x: Tensor, 
                 mask = (out > module.min_val) & (out < module.max_val)
             if i in counted:  # its patch sums, on the grid of the conv that reads them: 1 byte per patch
                 counts = grad_patch_sums(mask.to(out.dtype), info[counted[i]]["axes"])  # (C, N, Hp, Wp)
-                saved.append(_tagged(counts.to(torch.uint8), "activation"))
+                # patch-major, the layout of the grid a filtered conv hands back: (N, Hp, Wp, C)
+                saved.append(_tagged(counts.permute(1, 2, 3, 0).to(torch.uint8).contiguous(), "activation"))
                 rec["counts"] = True
             else:
                 saved.append(_tagged(_pack(mask), "activation"))  # 1 bit per element
@@ -511,14 +539,14 @@ class _ChainFn(torch.autograd.Function):
                 continue
             node, module, rec = nodes[i], modules[i], info[i]
             kind = "add" if module is None else _kind(module)
-            ins: list[Optional[_Grad]] = [g] * len(node.src)
+            ins: list[Optional[_Grad]] = [g] if len(node.src) == 1 else [g.shared()] * len(node.src)
             if kind == "conv":
                 ins = [_conv_backward(module, g, rec, saved, needs[node.src[0]], i, ctx.trained, params)]
             elif kind == "bn":  # eval: y = (x - mean) * w / sqrt(var + eps) + b, a per-channel scale
                 scale = torch.rsqrt(module.running_var + module.eps)
                 ins = [g.scaled(scale if module.weight is None else scale * module.weight)]
             elif kind == "act" and "counts" in rec:
-                ins = [g.counted(saved[rec["saved"]].to(grad_out.dtype))]
+                ins = [g.counted(saved[rec["saved"]].permute(3, 0, 1, 2))]  # (C, N, Hp, Wp) view
             elif kind == "act":
                 ins = [g.masked(_unpack(saved[rec["saved"]], rec["shape"], grad_out.dtype))] if "saved" in rec else [None]
             for s, gs in zip(node.src, ins):
@@ -549,7 +577,7 @@ def _conv_backward(conv: nn.Conv2d, g: _Grad, rec: dict, saved: tuple, need_x: b
         grad_x = None
         if need_x:
             same = all(ax.stride == 1 and ax.offset == 0 and ax.size_in == ax.size_out for ax in axes)
-            grad_x = (_Grad(rec["in_shape"], grid=grid[:, :, 0, :, 0, :], patch=axes[0].patch) if same
+            grad_x = (_Grad(rec["in_shape"], grid=grid[:, :, 0, :, 0, :], patch=axes[0].patch, owned=True) if same
                       else _Grad(rec["in_shape"], dense=spread_grid(grid, axes)))  # strided: full resolution here
     else:
         g_y = g.full()

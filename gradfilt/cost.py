@@ -81,7 +81,7 @@ from .conv import FilteredConv2d
 from .emp import PrunedConv2d
 from .freeze import freeze
 from .fuse import fuse_bn
-from .functional import axis_modes, check_patch_size
+from .functional import axis_modes, check_patch_size, filter_geometry
 from .install import install_filters
 from .models import ARCHS, build_model
 from .sparse import SparseConv2d
@@ -171,12 +171,13 @@ def conv_cost(call: LayerCall, patch_size: Optional[int], grad_input: bool, batc
         if grad_input:
             flops += batch * 2 * c_out * c_in_g * taps * hw
         return flops, batch * kept * h_in * w_in * FLOAT_BYTES if weight else 0
-    modes = axis_modes(conv.stride, conv.dilation, patch_size)
-    kept, phases = 1, 1
-    for mode, k, s in zip(modes, conv.kernel_size, conv.stride):
-        kept *= k if mode == "grid" else 1
-        phases *= 1 if mode == "grid" else s
-    patches = math.ceil(h_out / patch_size) * math.ceil(w_out / patch_size)
+    # the op's own geometry: patches of the output grid, kernel taps kept, stride phases of grad_x
+    axes = filter_geometry((1, *call.in_shape), (1, *call.out_shape), conv.kernel_size, conv.stride,
+                           0 if isinstance(conv.padding, str) else conv.padding, conv.dilation, patch_size,
+                           axis_modes(conv.stride, conv.dilation, patch_size))
+    kept = axes[0].kept_taps * axes[1].kept_taps
+    phases = axes[0].n_phases * axes[1].n_phases
+    patches = axes[0].n_patches * axes[1].n_patches
     if weight or grad_input:
         flops += batch * c_out * (hw + patches)  # averaging g_y
     if weight:

@@ -385,8 +385,8 @@ def patch_grid_grads(g_sum: Tensor, x_sum: Optional[Tensor], weight: Optional[Te
     all stride phases, contiguous grid rows for the spread).
 
     Args:
-        g_sum: patch sums of g_y, (C_out, N, Hp, Wp) (:func:`grad_patch_sums`); scaled in place when the
-            output map has partial patches.
+        g_sum: patch sums of g_y, (C_out, N, Hp, Wp) (:func:`grad_patch_sums`), channel-major or a view of
+            patch-major (N, Hp, Wp, C_out) memory; scaled in place when the output map has partial patches.
         x_sum, weight, axes, groups, x_shape, weight_shape, need_x, need_w, need_b: as :func:`filtered_backward`.
 
     Returns:
@@ -402,7 +402,8 @@ def patch_grid_grads(g_sum: Tensor, x_sum: Optional[Tensor], weight: Optional[Te
     else:  # partial edge patches average the pixels they have
         g_mean, scale = g_sum.mul_(_inverse_counts(h_out, w_out, r, g_sum.dtype, g_sum.device)), 1.0
     c_out_g, c_in_g = weight_shape[0] // groups, weight_shape[1]
-    g = g_mean.view(groups, c_out_g, n * hp * wp)  # (G, C_out / G, B)
+    # (G, C_out / G, B): a view both for channel-major g_sum and for a patch-major one (a chain's grids)
+    g = g_mean.reshape(groups, c_out_g, n * hp * wp)
     grid = grad_w = None
     if need_w:
         xs = x_sum.view(groups, c_in_g, n * hp * wp)  # (G, C_in / G, B)

@@ -19,6 +19,7 @@ from torch import nn
 from .conv import FilteredConv2d
 from .functional import check_patch_size
 from .paths import replace_module, resolve
+from .registry import registering
 
 __all__ = ["FilterSpec", "FILTER_TYPES", "register_filter_type", "install_filters", "plan_filters", "swap_filters",
            "parse_filter_install"]
@@ -37,14 +38,7 @@ def register_filter_type(name: str) -> Callable[[Handler], Handler]:
     paths of the ``nn.Conv2d`` layers to filter ("" for the module itself); it raises
     TypeError when the module is not of its kind.
     """
-
-    def decorate(handler: Handler) -> Handler:
-        if name in FILTER_TYPES:
-            raise ValueError(f"filter type {name!r} is already registered")
-        FILTER_TYPES[name] = handler
-        return handler
-
-    return decorate
+    return registering(FILTER_TYPES, "filter type", name)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import models as tv
 
+from .registry import registering
+
 __all__ = ["ARCHS", "TIMM_PREFIX", "register_arch", "build_model", "timm_pretrained", "MCUNetBlock", "mcunet",
            "CifarBasicBlock", "cifar_resnet", "lenet"]
 
@@ -39,14 +41,7 @@ def register_arch(name: str) -> Callable:
     Args:
         name: the ``--arch`` / ``arch`` value.
     """
-
-    def decorate(fn: Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
-        if name in ARCHS:
-            raise ValueError(f"arch {name!r} is already registered")
-        ARCHS[name] = fn
-        return fn
-
-    return decorate
+    return registering(ARCHS, "arch", name)
 
 
 def build_model(arch: str, num_classes: int) -> nn.Module:

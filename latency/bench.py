@@ -37,9 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradfilt import FilteredConv2d, _native, filtered_conv2d, functional
+from gradfilt import FilteredConv2d, _native, filtered_conv2d
+from gradfilt.chain import mul_counts_
 from gradfilt.cost import conv_cost, measure
-from gradfilt.functional import axis_modes, filter_geometry, filtered_backward, input_sums
+from gradfilt.functional import (axis_modes, filter_geometry, filtered_backward, grad_patch_sums, input_sums,
+                                 patch_grid_grads, spread_grid)
 from gradfilt.fuse import fuse_bn
 from gradfilt.methods import build_method, method_class
 from gradfilt.models import build_model
@@ -208,6 +210,7 @@ def bench_case(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: t
         fns[f"filtered {r}"] = _autograd_backward(y_f, x, weight, grad_y)
         if grid_supported(case, r):
             fns[f"grid {r}"] = _grid_backward(x, weight, y, grad_y, args, r)
+            fns[f"chain {r}"] = _chain_layer(x, weight, y, args, r)
     times = time_rounds(fns, device, repeats, min_time=min_time)
     t_torch = _spread(times["torch"])
     t_copy = statistics.median(times["copy"])
@@ -221,6 +224,7 @@ def bench_case(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: t
         t_filt = _spread(times[f"filtered {r}"])
         mem_filt = measure(FilteredConv2d.from_conv(conv, r), x.detach())["total"]
         grid = statistics.median(times[f"grid {r}"]) if f"grid {r}" in times else math.nan
+        chain = statistics.median(times[f"chain {r}"]) if f"chain {r}" in times else math.nan
         rows.append({
             "case": case.name, **{k: v for k, v in asdict(case).items() if k != "name"},
             "batch": batch, "patch_size": r, "device": device.type,
@@ -233,6 +237,7 @@ def bench_case(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: t
             "gemm_ms": 1e3 * t_gemm,
             "floor_speedup": t_torch[0] / (t_gemm + t_copy),
             "grid_ms": 1e3 * grid, "grid_speedup": t_torch[0] / grid,
+            "chain_ms": 1e3 * chain, "chain_speedup": t_torch[0] / chain, "chain_of_gemm": t_gemm / chain,
             "torch_saved_bytes": mem_torch, "filtered_saved_bytes": mem_filt,
             "memory_ratio": mem_filt / mem_torch,
             "flops_ratio": flops_torch / conv_cost(call, r, True, batch)[0],
@@ -249,12 +254,40 @@ def _grid_backward(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, grad_
                    patch_size: int) -> Callable[[], object]:
     """grad_w and grad_x on the patch grid from x~ and g_y, by :func:`gradfilt.functional.filtered_backward`
     called directly (the work of a backward that hands the patch grid on, as the paper's own code does)."""
-    kernel = tuple(weight.shape[2:])
-    axes = filter_geometry(x.shape, y.shape, kernel, args["stride"], args["padding"], args["dilation"], patch_size,
-                           axis_modes(args["stride"], args["dilation"], patch_size))
+    axes = _axes(x, weight, y, args, patch_size)
     x_sum = input_sums(x.detach(), axes)
     return functools.partial(filtered_backward, grad_y, x_sum, weight.detach(), axes, args["groups"], x.shape,
                              weight.shape, True, True, False, grid_output=True)
+
+
+def _axes(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, args: dict, patch_size: int):
+    """The filter geometry of the case's conv at ``patch_size`` (:func:`gradfilt.functional.filter_geometry`)."""
+    return filter_geometry(x.shape, y.shape, tuple(weight.shape[2:]), args["stride"], args["padding"],
+                           args["dilation"], patch_size, axis_modes(args["stride"], args["dilation"], patch_size))
+
+
+def _chain_layer(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, args: dict,
+                 patch_size: int) -> Callable[[], object]:
+    """The backward of a filtered conv inside a patch-grid chain (as :mod:`gradfilt.chain` runs it): g_y arrives
+    as the next layer's patch grid (patch-major, as that layer's GEMM writes it) times its ReLU mask's patch
+    counts (kept as bytes, patch-major too), and grad_w and grad_x leave on the patch grid; nothing at full
+    resolution. Each call first restores the grid (one copy of it: the chain multiplies it in place)."""
+    axes = _axes(x, weight, y, args, patch_size)
+    x_sum = input_sums(x.detach(), axes)
+    n, c_out = y.shape[:2]
+    hp, wp = axes[0].n_patches, axes[1].n_patches
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    grid = torch.randn(n, hp, wp, c_out, generator=gen).to(x.device).permute(0, 3, 1, 2)  # (N, C_out, Hp, Wp)
+    mask = (torch.randn(y.shape, generator=gen) > 0).to(x.device, x.dtype)
+    counts = grad_patch_sums(mask, axes).permute(1, 2, 3, 0).to(torch.uint8).contiguous()  # (N, Hp, Wp, C_out)
+    w = weight.detach()
+    buffer = torch.empty_like(grid)  # the grid, restored before each call (the chain changes it in place)
+
+    def backward() -> object:
+        g_sum = mul_counts_(buffer.copy_(grid).transpose(0, 1), counts.permute(3, 0, 1, 2))  # (C_out, N, Hp, Wp)
+        return patch_grid_grads(g_sum, x_sum, w, axes, args["groups"], x.shape, w.shape, True, True, False)
+
+    return backward
 
 
 def _case_tensors(case: ConvCase, batch: int, device: torch.device):
@@ -276,22 +309,24 @@ def _autograd_backward(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
 
 
 # the steps of the filtered backward that bench_parts times, in the op's order
-PARTS = ("patch sums", "GEMM grad_w", "tap repetition", "kernel sums", "GEMM grad_x~", "spread")
+PARTS = ("patch sums", "GEMMs", "spread")
 
 
 def parts_supported(case: ConvCase, patch_sizes: Sequence[int]) -> bool:
     """Whether :func:`bench_parts` can split the backward of ``case``: ungrouped, stride 1, collapsed kernel."""
     return case.groups == 1 and case.stride == 1 and all(
-        functional.axis_modes(case.stride, case.dilation, r) == ("collapse", "collapse") for r in patch_sizes)
+        axis_modes(case.stride, case.dilation, r) == ("collapse", "collapse") for r in patch_sizes)
 
 
 def bench_parts(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: torch.device, repeats: int,
                 min_time: float = 0.0) -> list[dict]:
     """Rows (one per patch size): the filtered backward of ``case`` and each of its parts timed alone.
 
-    The parts are the op's own steps on the op's own operands (from a real forward): the patch
-    sums of g_y, the grad_w GEMM, the tap repetition of grad_w, the kernel sums theta~, the
-    grad_x~ GEMM and the spread. They run in the same alternating rounds as torch's and the
+    The parts are the op's own stages (:func:`gradfilt.functional.grad_patch_sums`,
+    :func:`~gradfilt.functional.patch_grid_grads`, :func:`~gradfilt.functional.spread_grid`) on the
+    op's own operands: the patch sums of g_y; both GEMMs on the patch grid with what they need
+    (theta~, the 1 / r^2, grad_w repeated over the taps); the spread of grad_x~ to full resolution.
+    They run in the same alternating rounds as torch's and the
     filtered backward (both through autograd), so *parts ms* is what the op would take if its
     Python, the autograd engine and the caches it shares between steps were free, and *rest ms*
     = filtered - parts is what they cost. (Maps not divisible by r also rescale the patch grid,
@@ -317,7 +352,7 @@ def bench_parts(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: 
     for r in patch_sizes:
         y_f = filtered_conv2d(x, weight, patch_size=r, **args)
         fns[f"filtered {r}"] = _autograd_backward(y_f, x, weight, grad_y)
-        fns |= {f"{part} {r}": fn for part, fn in _part_fns(y_f, grad_y).items()}
+        fns |= {f"{part} {r}": fn for part, fn in _part_fns(x, weight, y_f, grad_y, args, r).items()}
     times = time_rounds(fns, device, repeats, min_time=min_time)
     ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
     rows = []
@@ -332,27 +367,25 @@ def bench_parts(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: 
     return rows
 
 
-def _part_fns(y_f: torch.Tensor, grad_y: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
-    """The steps of the filtered backward of ``y_f`` (in :data:`PARTS` order), each on the op's own operands.
+def _part_fns(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, grad_y: torch.Tensor, args: dict,
+              patch_size: int) -> dict[str, Callable[[], object]]:
+    """The stages of the filtered backward (in :data:`PARTS` order), each on the op's own operands.
 
-    The mean's 1 / r^2 is left out (scale 1), so the tap repetition returns r^2 * grad_w and the
-    spread r^2 * grad_x for maps divisible by r.
+    Chained, they give the op's gradients: ``spread`` returns grad_x, ``GEMMs`` (grad_x~, grad_w, None).
     """
-    x_sum, w = (t.detach() for t in y_f.grad_fn.saved_tensors)
-    axes = y_f.grad_fn.axes
-    r, n = axes[0].patch, grad_y.shape[0]
-    hp, wp = axes[0].n_patches, axes[1].n_patches
-    g = functional._channel_major_sums(grad_y, r, (0, 0), (hp, wp)).view(grad_y.shape[1], -1)  # (C_out, B)
-    x_sum = x_sum.view(w.shape[1], -1)  # (C_in, B)
-    grad_tap = torch.mm(g, x_sum.T)  # (C_out, C_in)
-    theta = functional._kernel_sums(w, 1.0)  # (C_out, C_in)
-    grid = functional._patch_major_grid(g, theta, n, hp, wp)  # (N, C_in, 1, Hp, 1, Wp)
-    fns = (functools.partial(functional._channel_major_sums, grad_y, r, (0, 0), (hp, wp)),
-           functools.partial(torch.mm, g, x_sum.T),
-           functools.partial(functional._repeat_taps, grad_tap, w.shape, 1.0),
-           functools.partial(functional._kernel_sums, w, 1.0),
-           functools.partial(functional._patch_major_grid, g, theta, n, hp, wp),
-           functools.partial(functional._spread, grid, axes))
+    axes = _axes(x, weight, y, args, patch_size)
+    x_sum = input_sums(x.detach(), axes)  # what the op's forward keeps
+    w = weight.detach()
+    g_sum = grad_patch_sums(grad_y, axes)  # (C_out, N, Hp, Wp)
+    grid = patch_grid_grads(g_sum.clone(), x_sum, w, axes, args["groups"], x.shape, w.shape, True, True, False)[0]
+
+    partial = any(ax.size_out % patch_size for ax in axes)  # the stage then rescales g_sum in place: a copy
+
+    def gemms() -> object:
+        g = g_sum.clone() if partial else g_sum
+        return patch_grid_grads(g, x_sum, w, axes, args["groups"], x.shape, w.shape, True, True, False)
+
+    fns = (functools.partial(grad_patch_sums, grad_y, axes), gemms, functools.partial(spread_grid, grid, axes))
     return dict(zip(PARTS, fns))
 
 

@@ -46,6 +46,8 @@ def test_bench_case_memory_and_flops_ratio():
         assert row["flops_ratio"] > 1 and row["speedup"] > 0 and row["copy_ms"] > 0 and row["gemm_ms"] > 0
         assert row["floor_speedup"] == pytest.approx(row["torch_ms"] / (row["gemm_ms"] + row["copy_ms"]))
         assert row["grid_speedup"] == pytest.approx(row["torch_ms"] / row["grid_ms"])  # grad_x on the patch grid
+        assert row["chain_speedup"] == pytest.approx(row["torch_ms"] / row["chain_ms"])  # g_y on the grid too
+        assert row["chain_of_gemm"] == pytest.approx(row["gemm_ms"] / row["chain_ms"])
     assert rows[1]["flops_ratio"] > rows[0]["flops_ratio"]
 
 
@@ -77,22 +79,23 @@ def test_bench_parts_splits_the_filtered_backward():
             bench_parts(case, 2, [2], torch.device("cpu"), 1)
 
 
-@pytest.mark.parametrize("r", [2, 4])
-def test_the_timed_parts_are_the_ops_own_steps(r):
-    # chained, the parts give the op's gradients times r^2 (the mean's 1 / r^2 left out, exact
-    # for a power of two): they time the op's real operands and layouts, not look-alikes
+@pytest.mark.parametrize("r,size", [(2, 8), (4, 8), (3, 7)])
+def test_the_timed_parts_are_the_ops_own_steps(r, size):
+    # chained, the stages give the op's own gradients: they time its real operands and layouts, not look-alikes
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn(2, 6, 8, 8, generator=gen, requires_grad=True)
+    x = torch.randn(2, 6, size, size, generator=gen, requires_grad=True)
     weight = torch.randn(5, 6, 3, 3, generator=gen, requires_grad=True)
-    grad_y = torch.randn(2, 5, 8, 8, generator=gen)
-    y = filtered_conv2d(x, weight, padding=1, patch_size=r)
+    grad_y = torch.randn(2, 5, size, size, generator=gen)
+    args = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+    y = filtered_conv2d(x, weight, patch_size=r, **args)
     grad_x, grad_w = torch.autograd.grad(y, (x, weight), grad_y)
-    y = filtered_conv2d(x, weight, padding=1, patch_size=r)
-    parts = _part_fns(y, grad_y)
+    parts = _part_fns(x, weight, y, grad_y, args, r)
     assert list(parts) == list(PARTS)
-    assert torch.allclose(parts["tap repetition"]() / r**2, grad_w, rtol=1e-5, atol=1e-6)
-    assert torch.allclose(parts["spread"]() / r**2, grad_x, rtol=1e-5, atol=1e-6)
-    assert parts["patch sums"]().shape == (5, 2, 8 // r, 8 // r)
+    grids = -(-size // r)
+    assert parts["patch sums"]().shape == (5, 2, grids, grids)
+    for _ in range(2):  # the GEMM stage may be timed many times: the same result each time
+        assert torch.allclose(parts["GEMMs"]()[1], grad_w, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(parts["spread"](), grad_x, rtol=1e-5, atol=1e-6)
 
 
 def test_parts_mode_skips_the_cases_it_cannot_split(tmp_path, capsys):
