@@ -8,9 +8,10 @@ frozen (eval-mode or folded) BatchNorm scales it per channel and ReLU / ReLU6 mu
     sum_{p in P} g_y[p] = grid[P] * s * sum_{p in P} m[p]
 
 (s the BatchNorm scale): the per-layer result, without a full-resolution gradient. A block's
-backward therefore carries its gradient as ``(dense + spread(grid)) * mask`` (:class:`_Grad`):
-``dense`` is what arrives from outside the chain (the classifier's global pooling, an identity
-path), ``grid`` what filtered convs hand back, ``mask`` the ReLU masks not yet applied. Along a
+backward therefore carries its gradient as ``(dense * scale + spread(grid)) * mask``
+(:class:`_Grad`): ``dense`` is what arrives from outside the chain (the classifier's global
+pooling, an identity path), ``grid`` what filtered convs hand back, ``scale`` and ``mask`` the
+BatchNorm scales and ReLU masks not yet applied to ``dense``. Along a
 residual add both branches get the same gradient; a mask applied to a value with both parts is
 kept pending until a conv reads it.
 
@@ -22,11 +23,11 @@ keeps x~ (patch sums of the input) for every filtered trained conv, the full inp
 trained convs that are not filtered, and each ReLU mask either as its patch counts (one byte per
 patch, when only a filtered conv on the same grid reads it) or bit-packed (1/32 of a float32
 map); nothing else. Consecutive blocks hand the gradient of the tensor between them on in this form
-(the consumer leaves it in a slot of the producer's output and gives autograd a zero-size-strided
-placeholder), so a chain of blocks never writes a full-resolution gradient between them.
+(the consumer leaves it in a slot of the producer's output and gives autograd a placeholder: a
+broadcast zero scalar, nothing allocated), so a chain of blocks never writes a full-resolution gradient between them.
 
 Gradients equal the per-layer filtered implementation's (same formulas, summed in another order).
-The block falls back to its per-layer forward (exactly today's behaviour) in eval mode, without
+The block falls back to its per-layer forward (the graph the block itself builds) in eval mode, without
 grad, under autocast, or when one of its BatchNorms would normalize with batch statistics.
 :func:`install_patch_grid` converts every qualifying block that holds a filtered conv and says
 why the others do not qualify. Limits: BatchNorm affine parameters must be frozen (their weight
@@ -48,10 +49,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .conv import FilteredConv2d
 from .freeze import bn_runs_eval
-from .paths import replace_module
-from .registry import registering
 from .functional import (axis_modes, filter_geometry, filtered_backward, grad_patch_sums, input_sums, patch_grid_grads,
                          patch_sum, spread_grid)
+from .paths import replace_module
+from .registry import registering
 
 __all__ = ["PatchGridBlock", "PatchGridReport", "CHAIN_BLOCKS", "register_chain_block", "install_patch_grid",
            "plan_patch_grid", "mul_counts_", "SAVED_CATEGORY"]

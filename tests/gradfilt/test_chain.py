@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from gradfilt import chain
 from gradfilt.chain import PatchGridBlock, _pack, _unpack, install_patch_grid
 from gradfilt.cost import measure
 from gradfilt.fuse import fuse_bn
@@ -194,3 +195,12 @@ def test_masks_pack_to_bits_and_back(shape):
     bits = _pack(mask)
     assert bits.dtype == torch.uint8 and bits.numel() == -(-mask.numel() // 8)
     assert torch.equal(_unpack(bits, mask.shape, torch.float32), mask.float())
+
+
+def test_mask_counts_multiply_in_batch_slices(monkeypatch):
+    """Byte counts widen one batch slice at a time (here one image per slice): the same product as at once."""
+    monkeypatch.setattr(chain, "_CHUNK_BYTES", 64)
+    grid = torch.randn(3, 5, 4, 4, generator=torch.Generator().manual_seed(0))  # (C, N, Hp, Wp)
+    counts = torch.randint(0, 5, (5, 4, 4, 3), dtype=torch.uint8).permute(3, 0, 1, 2)  # patch-major, as kept
+    expected = grid * counts.float()
+    assert torch.equal(chain.mul_counts_(grid, counts), expected) and torch.equal(grid, expected)
