@@ -271,20 +271,27 @@ def _chain_layer(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, args: d
     """The backward of a filtered conv inside a patch-grid chain (as :mod:`gradfilt.chain` runs it): g_y arrives
     as the next layer's patch grid (patch-major, as that layer's GEMM writes it) times its ReLU mask's patch
     counts (kept as bytes, patch-major too), and grad_w and grad_x leave on the patch grid; nothing at full
-    resolution. Each call first restores the grid (one copy of it: the chain multiplies it in place)."""
+    resolution.
+
+    The chain multiplies the grid by the counts in place. On maps divisible by r the counts here are all 1
+    (the same work, and the grid keeps its values from call to call); with partial edge patches the stage
+    also rescales the grid in place, so each call first restores it (one copy of the grid, which the chain
+    itself does not make).
+    """
     axes = _axes(x, weight, y, args, patch_size)
     x_sum = input_sums(x.detach(), axes)
     n, c_out = y.shape[:2]
     hp, wp = axes[0].n_patches, axes[1].n_patches
     gen = torch.Generator(device="cpu").manual_seed(1)
     grid = torch.randn(n, hp, wp, c_out, generator=gen).to(x.device).permute(0, 3, 1, 2)  # (N, C_out, Hp, Wp)
-    mask = (torch.randn(y.shape, generator=gen) > 0).to(x.device, x.dtype)
-    counts = grad_patch_sums(mask, axes).permute(1, 2, 3, 0).to(torch.uint8).contiguous()  # (N, Hp, Wp, C_out)
+    counts = torch.ones(n, hp, wp, c_out, dtype=torch.uint8, device=x.device)  # (N, Hp, Wp, C_out), patch-major
     w = weight.detach()
-    buffer = torch.empty_like(grid)  # the grid, restored before each call (the chain changes it in place)
+    partial = any(ax.size_out % patch_size for ax in axes)
+    source = grid.clone() if partial else None
 
     def backward() -> object:
-        g_sum = mul_counts_(buffer.copy_(grid).transpose(0, 1), counts.permute(3, 0, 1, 2))  # (C_out, N, Hp, Wp)
+        g = grid.copy_(source) if partial else grid
+        g_sum = mul_counts_(g.transpose(0, 1), counts.permute(3, 0, 1, 2))  # (C_out, N, Hp, Wp)
         return patch_grid_grads(g_sum, x_sum, w, axes, args["groups"], x.shape, w.shape, True, True, False)
 
     return backward
