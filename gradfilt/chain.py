@@ -49,8 +49,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .conv import FilteredConv2d
 from .freeze import bn_runs_eval
-from .functional import (axis_modes, filter_geometry, filtered_backward, grad_patch_sums, input_sums, patch_grid_grads,
-                         patch_sum, spread_grid)
+from .fuse import evaluating
+from .functional import (axis_modes, filter_geometry, filtered_backward, grad_patch_sums, input_sums, patch_counts,
+                         patch_grid_grads, spread_grid)
 from .paths import replace_module
 from .registry import registering
 
@@ -62,17 +63,11 @@ SAVED_CATEGORY = "_gradfilt_saved_category"  # attribute naming the layer type a
 
 # --- the gradient, as carried through a chain ---------------------------------------------------------------
 
-def _spread_patches(grid: Tensor, patch: int, size: tuple[int, int]) -> Tensor:
-    """(N, C, Hp, Wp) -> (N, C, H, W): every pixel takes its r x r patch's value (patches from the top left)."""
-    n, c, hp, wp = grid.shape
-    wide = grid[:, :, :, None, :, None].expand(n, c, hp, patch, wp, patch)  # (N, C, Hp, r, Wp, r)
-    return wide.reshape(n, c, hp * patch, wp * patch)[:, :, : size[0], : size[1]]  # (N, C, H, W)
-
-
 class _Grad:
     """A gradient of shape ``size`` (N, C, H, W) kept as (dense * scale + spread(grid)) * mask; parts may be absent.
 
-    ``grid`` is (N, C, ceil(H / patch), ceil(W / patch)), constant over each patch of side ``patch``;
+    ``grid`` is (N, C, ceil(H / r), ceil(W / r)), constant over each r x r patch: grad_x of the filtered conv
+    whose geometry is ``axes`` (stride 1, "same"; r = ``axes[0].patch``);
     ``scale`` a per-channel (C,) factor of ``dense`` and ``mask`` a 0/1 (N, C, H, W) map, both pending
     until the gradient is read (a conv reads patch sums, where they cost a pass over the patch grid).
     A pure grid gradient may carry, instead of its mask, the mask's patch sums ``counts`` (C, N, Hp, Wp), any
@@ -80,19 +75,24 @@ class _Grad:
     ``memo`` (shared by all gradients of one backward) keeps each dense * mask product computed once.
     """
 
-    __slots__ = ("size", "dense", "scale", "grid", "patch", "mask", "counts", "memo", "owned")
+    __slots__ = ("size", "dense", "scale", "grid", "axes", "mask", "counts", "memo", "owned")
 
-    def __init__(self, size, dense: Optional[Tensor] = None, grid: Optional[Tensor] = None, patch: int = 0,
+    def __init__(self, size, dense: Optional[Tensor] = None, grid: Optional[Tensor] = None, axes=None,
                  mask: Optional[Tensor] = None, scale: Optional[Tensor] = None, counts: Optional[Tensor] = None,
                  memo: Optional[dict] = None, owned: bool = False) -> None:
-        self.size, self.dense, self.grid, self.patch = torch.Size(size), dense, grid, patch
+        self.size, self.dense, self.grid, self.axes = torch.Size(size), dense, grid, axes
         self.mask, self.scale, self.counts = mask, scale, counts
         self.memo = {} if memo is None else memo
         self.owned = owned  # nothing else reads ``grid``: it may be changed in place (the object is then spent)
 
     def _like(self, **changes) -> "_Grad":
-        parts = {k: getattr(self, k) for k in ("dense", "grid", "patch", "mask", "scale", "counts", "memo", "owned")}
+        parts = {k: getattr(self, k) for k in ("dense", "grid", "axes", "mask", "scale", "counts", "memo", "owned")}
         return _Grad(self.size, **(parts | changes))
+
+    @property
+    def patch(self) -> int:
+        """r of the grid (0 without one)."""
+        return 0 if self.axes is None else self.axes[0].patch
 
     def shared(self) -> "_Grad":
         """The same gradient, for one of several readers: none of them may change its grid in place."""
@@ -119,7 +119,7 @@ class _Grad:
             out = self._masked_dense()
             out = out if self.scale is None else out * self.scale.view(1, -1, 1, 1)
         if self.grid is not None:
-            spread = _spread_patches(self.grid, self.patch, self.size[2:])
+            spread = spread_grid(self.grid[:, :, None, :, None, :], self.axes)  # the op's own spread
             spread = spread if self.mask is None else spread * self.mask
             out = spread if out is None else out + spread
         if out is None:
@@ -162,11 +162,11 @@ class _Grad:
         else:
             dense, scale = (self.dense, self.scale) if other.dense is None else (other.dense, other.scale)
         if self.grid is None or other.grid is None:
-            grid, patch = (self.grid, self.patch) if other.grid is None else (other.grid, other.patch)
+            grid, axes = (self.grid, self.axes) if other.grid is None else (other.grid, other.axes)
         else:
-            grid, patch = self.grid + other.grid, self.patch
+            grid, axes = self.grid + other.grid, self.axes
         owned = (self.owned if other.grid is None else other.owned if self.grid is None else True)
-        return _Grad(self.size, dense, grid, patch, self.mask, scale, memo=self.memo, owned=owned)
+        return _Grad(self.size, dense, grid, axes, self.mask, scale, memo=self.memo, owned=owned)
 
     def patch_sums(self, axes) -> Tensor:
         """Patch sums of the gradient on a filtered conv's output grid, channel-major (C, N, Hp, Wp)."""
@@ -180,8 +180,7 @@ class _Grad:
             if self.counts is not None:
                 counts = self.counts  # (C, N, Hp, Wp), bytes
             elif self.mask is None:
-                ones = torch.ones((1, 1, *self.size[2:]), dtype=self.grid.dtype, device=self.grid.device)
-                counts = patch_sum(ones, patch)[0, 0]  # (Hp, Wp), partial edge patches count what they have
+                counts = patch_counts(*self.size[2:], patch, self.grid.dtype, self.grid.device)  # (Hp, Wp)
             else:
                 counts = grad_patch_sums(self.mask, axes)  # (C, N, Hp, Wp)
             grid_t = self.grid.transpose(0, 1)  # (C, N, Hp, Wp)
@@ -324,6 +323,11 @@ def _program(block: nn.Module) -> _Program:
         return CHAIN_BLOCKS[name](block)
     except AttributeError as err:  # e.g. timm's BasicBlock: another layout under the same class name
         raise _Unsupported(f"its layers are not where the {name} program looks for them ({err})") from None
+
+
+def _layers_of(block: nn.Module, nodes: list[_Node]) -> list[Optional[nn.Module]]:
+    """The layer each node of a program runs, looked up on ``block`` now (None for an add)."""
+    return [None if n.kind == "add" else block.get_submodule(n.path) for n in nodes]
 
 
 def _join(path: str, name: str) -> str:
@@ -578,7 +582,7 @@ def _conv_backward(conv: nn.Conv2d, g: _Grad, rec: dict, saved: tuple, need_x: b
         grad_x = None
         if need_x:
             same = all(ax.stride == 1 and ax.offset == 0 and ax.size_in == ax.size_out for ax in axes)
-            grad_x = (_Grad(rec["in_shape"], grid=grid[:, :, 0, :, 0, :], patch=axes[0].patch, owned=True) if same
+            grad_x = (_Grad(rec["in_shape"], grid=grid[:, :, 0, :, 0, :], axes=axes, owned=True) if same
                       else _Grad(rec["in_shape"], dense=spread_grid(grid, axes)))  # strided: full resolution here
     else:
         g_y = g.full()
@@ -625,9 +629,6 @@ class PatchGridBlock(nn.Module):
         self.block_type = name
         self.nodes = nodes
 
-    def _modules_in_order(self) -> list[Optional[nn.Module]]:
-        return [None if n.kind == "add" else self.get_submodule(n.path) for n in self.nodes]
-
     def _problem(self, x: Tensor, modules: list[Optional[nn.Module]]) -> Optional[str]:
         """Why this call cannot take the patch-grid backward (None if it can)."""
         if not (self.training and torch.is_grad_enabled()):
@@ -644,7 +645,7 @@ class PatchGridBlock(nn.Module):
         return None
 
     def forward(self, x: Tensor) -> Tensor:
-        modules = self._modules_in_order()
+        modules = _layers_of(self, self.nodes)
         trained = [(i, name) for i, m in enumerate(modules) if isinstance(m, nn.Conv2d)
                    for name in ("weight", "bias") if getattr(m, name) is not None and getattr(m, name).requires_grad]
         if (not trained and not x.requires_grad) or self._problem(x, modules):  # the per-layer forward
@@ -687,32 +688,21 @@ def _block_inputs(model: nn.Module, example_input: Tensor, blocks: dict[str, nn.
     seen: dict[str, Tensor] = {}
     handles = [m.register_forward_pre_hook(lambda mod, args, name=name: seen.setdefault(name, args[0].clone()))
                for name, m in blocks.items()]
-    flags = {m: m.training for m in model.modules()}
     try:
-        model.eval()
-        with torch.no_grad():
+        with evaluating(model):
             model(example_input)
     finally:
         for h in handles:
             h.remove()
-        for m, flag in flags.items():
-            m.training = flag
     return seen
 
 
 def _check_forward(block: nn.Module, x: Tensor) -> Optional[str]:
     """None if the block's program computes exactly what ``block`` computes on ``x`` (eval mode), else why not."""
     nodes = _program(block).nodes
-    modules = [None if n.kind == "add" else block.get_submodule(n.path) for n in nodes]
-    flags = {m: m.training for m in block.modules()}
-    try:
-        block.eval()
-        with torch.no_grad():
-            expected = block(x.clone())
-            got, _, _ = _forward(nodes, modules, x.clone(), [True] * (len(nodes) + 1), set())
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
+    with evaluating(block):
+        expected = block(x.clone())
+        got, _, _ = _forward(nodes, _layers_of(block, nodes), x.clone(), [True] * (len(nodes) + 1), set())
     if got.shape != expected.shape or not torch.equal(got, expected):
         return "its forward is not the recognised layer sequence (outputs differ)"
     return None
@@ -729,12 +719,14 @@ def plan_patch_grid(model: nn.Module, example_input: Tensor) -> tuple[dict[str, 
         (dotted path -> replacement, report of what qualifies and why the other filtered convs do not).
     """
     candidates: dict[str, nn.Module] = {}
+    filtered_in: dict[str, list[str]] = {}  # candidate -> the filtered convs inside it
     reasons: dict[str, str] = {}
+    installed = [name for name, m in model.named_modules() if isinstance(m, PatchGridBlock)]
     for name, module in model.named_modules():
-        if isinstance(module, PatchGridBlock) or any(name.startswith(c + ".") for c in candidates):
+        if type(module).__name__ not in CHAIN_BLOCKS or _under(name, [*candidates, *installed]):
             continue
         filtered = [_join(name, n) for n, m in module.named_modules() if isinstance(m, FilteredConv2d)]
-        if not filtered or type(module).__name__ not in CHAIN_BLOCKS:
+        if not filtered:
             continue
         try:
             _program(module)
@@ -742,12 +734,12 @@ def plan_patch_grid(model: nn.Module, example_input: Tensor) -> tuple[dict[str, 
             for conv in filtered:
                 reasons.setdefault(conv, f"{type(module).__name__} {name!r}: {err}")
             continue
-        candidates[name] = module
+        candidates[name], filtered_in[name] = module, filtered
     inputs = _block_inputs(model, example_input, candidates)
     plan: dict[str, PatchGridBlock] = {}
     covered: set[str] = set()
     for name, module in candidates.items():
-        filtered = [_join(name, n) for n, m in module.named_modules() if isinstance(m, FilteredConv2d)]
+        filtered = filtered_in[name]
         why = "the example batch never reaches it" if name not in inputs else _check_forward(module, inputs[name])
         if why is None:
             plan[name] = PatchGridBlock(module)
@@ -756,16 +748,15 @@ def plan_patch_grid(model: nn.Module, example_input: Tensor) -> tuple[dict[str, 
             reasons.update({conv: f"{type(module).__name__} {name!r}: {why}" for conv in filtered})
     report = PatchGridReport(blocks=list(plan))
     for conv, m in model.named_modules():
-        if isinstance(m, FilteredConv2d) and conv not in covered and not _inside(conv, model):
+        if isinstance(m, FilteredConv2d) and conv not in covered and not _under(conv, installed):
             report.per_layer[conv] = reasons.get(conv, "not inside a block with a patch-grid program "
                                                        f"(known: {', '.join(sorted(CHAIN_BLOCKS))})")
     return plan, report
 
 
-def _inside(conv: str, model: nn.Module) -> bool:
-    """Whether ``conv`` already sits in a PatchGridBlock of ``model``."""
-    parts = conv.split(".")
-    return any(isinstance(model.get_submodule(".".join(parts[:k])), PatchGridBlock) for k in range(1, len(parts)))
+def _under(name: str, parents: list[str]) -> bool:
+    """Whether the dotted path ``name`` lies inside one of ``parents``."""
+    return any(name.startswith(p + ".") for p in parents)
 
 
 def install_patch_grid(model: nn.Module, example_input: Tensor) -> PatchGridReport:

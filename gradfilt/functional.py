@@ -48,7 +48,7 @@ from gradfilt import _native
 IntPair = Union[int, Sequence[int]]
 
 __all__ = ["filtered_conv2d", "filtered_backward", "filter_geometry", "input_sums", "patch_mean", "patch_sum",
-           "check_patch_size", "axis_modes", "grad_patch_sums", "patch_grid_grads", "spread_grid"]
+           "check_patch_size", "axis_modes", "grad_patch_sums", "patch_grid_grads", "spread_grid", "patch_counts"]
 
 
 def _pair(value: IntPair, name: str) -> tuple[int, int]:
@@ -494,11 +494,23 @@ def _patch_major_grid(g: Tensor, theta: Tensor, n: int, hp: int, wp: int) -> Ten
 
 
 @functools.lru_cache(maxsize=64)
-def _inverse_counts(h: int, w: int, r: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """1 / (pixels of the map in each r x r patch), (Hp, Wp): partial edge patches count what they have."""
+def patch_counts(h: int, w: int, r: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Pixels of an h x w map in each r x r patch, (Hp, Wp): partial edge patches count what they have.
+
+    Args:
+        h, w: the map's size.
+        r: the patch size.
+        dtype, device: of the result (cached per argument set: do not change it in place).
+    """
     count_h = (h - torch.arange(0, h, r, device=device)).clamp(max=r)
     count_w = (w - torch.arange(0, w, r, device=device)).clamp(max=r)
-    return 1.0 / (count_h[:, None] * count_w[None, :]).to(dtype)
+    return (count_h[:, None] * count_w[None, :]).to(dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _inverse_counts(h: int, w: int, r: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """1 / :func:`patch_counts`, (Hp, Wp)."""
+    return 1.0 / patch_counts(h, w, r, dtype, device)
 
 
 _HALF = (torch.float16, torch.bfloat16)

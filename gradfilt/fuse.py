@@ -14,7 +14,8 @@ and everything is rolled back if they differ.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import contextlib
+from typing import Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +23,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .paths import replace_module
 
-__all__ = ["fuse_bn", "conv_bn_pairs"]
+__all__ = ["fuse_bn", "conv_bn_pairs", "evaluating"]
 
 
 def _example(model: nn.Module, example_input: Optional[Tensor], input_size: Sequence[int]) -> Tensor:
@@ -33,15 +34,26 @@ def _example(model: nn.Module, example_input: Optional[Tensor], input_size: Sequ
                        generator=torch.Generator().manual_seed(0)).to(param.dtype if param is not None else None)
 
 
-def _run_eval(model: nn.Module, x: Tensor) -> Tensor:
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode without gradients for the ``with`` block; every module's train/eval flag restored.
+
+    Args:
+        model: the module.
+    """
     flags = {m: m.training for m in model.modules()}
     try:
         model.eval()
         with torch.no_grad():
-            return model(x)
+            yield model
     finally:
         for m, flag in flags.items():
             m.training = flag
+
+
+def _run_eval(model: nn.Module, x: Tensor) -> Tensor:
+    with evaluating(model):
+        return model(x)
 
 
 def conv_bn_pairs(model: nn.Module, example_input: Tensor) -> list[tuple[str, str]]:

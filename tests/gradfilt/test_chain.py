@@ -204,3 +204,12 @@ def test_mask_counts_multiply_in_batch_slices(monkeypatch):
     counts = torch.randint(0, 5, (5, 4, 4, 3), dtype=torch.uint8).permute(3, 0, 1, 2)  # patch-major, as kept
     expected = grid * counts.float()
     assert torch.equal(chain.mul_counts_(grid, counts), expected) and torch.equal(grid, expected)
+
+
+def test_installing_again_changes_nothing():
+    """A second install leaves the patch-grid blocks (and the conv-norm-act blocks inside them) as they are."""
+    model, x = _built("mobilenet_v2", GradientFilter(layers=4, patch_size=2))
+    before = {name: type(m) for name, m in model.named_modules()}
+    report = install_patch_grid(model, x[:1])
+    assert report.blocks == [] and report.per_layer == {}
+    assert {name: type(m) for name, m in model.named_modules()} == before
