@@ -48,7 +48,8 @@ from gradfilt import _native
 IntPair = Union[int, Sequence[int]]
 
 __all__ = ["filtered_conv2d", "filtered_backward", "filter_geometry", "input_sums", "patch_mean", "patch_sum",
-           "check_patch_size", "axis_modes", "grad_patch_sums", "patch_grid_grads", "spread_grid", "patch_counts"]
+           "check_patch_size", "axis_modes", "grad_patch_sums", "patch_grid_grads", "spread_grid", "patch_counts",
+           "patch_major_grid"]
 
 
 def _pair(value: IntPair, name: str) -> tuple[int, int]:
@@ -256,6 +257,7 @@ def _pad_to_needed(x_sum: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
 
 _SMALL_BYTES = 16 * 2**20  # below glibc's mmap threshold: reused heap memory, no fresh page faults
 _LARGE_BYTES = 64 * 2**20  # grad_x maps above this (rows >= 64): F.interpolate's kernel beats the tiled copy
+_ONEDNN_ROWS = 8192  # patches in the batch from which oneDNN's 1x1 conv beat BLAS in A/B runs (below: its fixed cost)
 _TINY = 4  # groups with at most this many (C_out / G) x (C_in / G) pairs skip bmm (it loops over groups on CPU)
 
 
@@ -424,7 +426,7 @@ def patch_grid_grads(g_sum: Tensor, x_sum: Optional[Tensor], weight: Optional[Te
             theta = _kernel_sums(weight, scale).view(1, 1, c_out, c_in_g)  # (1, 1, C_out, C_in / G)
         n_ph = phases[0] * phases[1]
         if groups == 1 and n_ph == 1:
-            grid = _patch_major_grid(g[0], theta.view(c_out, c_in_g), n, hp, wp)  # (N, C_in, 1, Hp, 1, Wp)
+            grid = patch_major_grid(g[0], theta.view(c_out, c_in_g), n, hp, wp)  # (N, C_in, 1, Hp, 1, Wp)
         else:
             # channel-major grad_x~, all stride phases in one GEMM: its rows are the grid rows the spread widens
             theta_t = theta.view(*phases, groups, c_out_g, c_in_g)  # (Ph, Pw, G, C_out/G, C_in/G)
@@ -483,13 +485,36 @@ def _repeat_taps(grad_tap: Tensor, weight_shape: torch.Size, scale: float) -> Te
     return grad_tap.mul(scale).reshape(*weight_shape[:2], 1, 1).expand(weight_shape).contiguous()
 
 
-def _patch_major_grid(g: Tensor, theta: Tensor, n: int, hp: int, wp: int) -> Tensor:
+def _onednn(t: Tensor) -> bool:
+    """torch runs float32 convs on this CPU tensor with oneDNN."""
+    return t.device.type == "cpu" and t.dtype == torch.float32 and torch.backends.mkldnn.is_available() \
+        and torch.backends.mkldnn.enabled
+
+
+def patch_major_grid(g: Tensor, theta: Tensor, n: int, hp: int, wp: int) -> Tensor:
     """grad_x~ of an ungrouped stride-1 conv as the spread's grid: G^T theta~ from G (C_out, B), theta~ (C_out, C_in).
 
-    Patch-major (B, C_in): on the Table 10 shapes BLAS runs this product faster than the
-    channel-major theta~^T G; the spread then reads each grid row at a stride of C_in.
+    Patch-major (B, C_in): on the Table 10 shapes this product runs faster than the channel-major
+    theta~^T G; the spread then reads each grid row at a stride of C_in. When G is itself a view of
+    patch-major memory (a chain's grids), oneDNN runs float32 convs on the CPU and the batch has many
+    patches, the product is a 1x1 conv on channels-last maps, which oneDNN runs faster than BLAS runs the
+    matrix product (on few patches its fixed cost per call makes it slower).
+
+    Args:
+        g: (C_out, B), B = (N, Hp, Wp), any strides.
+        theta: (C_out, C_in).
+        n, hp, wp: the batch and the patch grid.
+
+    Returns:
+        (N, C_in, 1, Hp, 1, Wp), a view of patch-major (B, C_in) memory.
     """
-    grid = torch.mm(g.T, theta)  # (B, C_in), B = (N, Hp, Wp)
+    c_out, b = g.shape
+    if b >= _ONEDNN_ROWS and g.stride(0) == 1 and g.stride(1) == c_out and _onednn(g):
+        rows = g.T.view(1, 1, b, c_out).permute(0, 3, 1, 2)  # (1, C_out, 1, B), channels-last
+        out = F.conv2d(rows, theta.T.contiguous().view(-1, c_out, 1, 1))  # (1, C_in, 1, B), channels-last
+        grid = out.permute(0, 2, 3, 1).reshape(b, -1)  # (B, C_in), a view
+    else:
+        grid = torch.mm(g.T, theta)  # (B, C_in)
     return grid.view(n, hp, wp, -1).permute(0, 3, 1, 2)[:, :, None, :, None, :]  # (N, C_in, 1, Hp, 1, Wp)
 
 

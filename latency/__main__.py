@@ -1,7 +1,7 @@
 """``python -m latency``: the filtered conv backward against torch's, and whole fine-tuning steps.
 
     python -m latency [--device cpu|cuda] [--batch 32] [--cases table10|resnet18|mobilenet_v2|FILE ...]
-                      [--patch-sizes 2 4] [--repeats N] [--min-time S] [--malloc default|heap] [--out DIR]
+                      [--patch-sizes 2 4] [--repeats N] [--min-time S] [--malloc default|heap|hugepages] [--out DIR]
     python -m latency --mode step [--archs mobilenet_v2 resnet18] [--layers 2 4] [--methods A.yaml B.yaml ...] [--fuse-bn]
     python -m latency --mode parts [--cases table10 ...] [--patch-sizes 2 4] [--repeats N] [--min-time S] [--malloc ...]
 
@@ -23,7 +23,9 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -34,9 +36,11 @@ from tqdm import tqdm
 from gradfilt import _native
 from gradfilt.cost import format_flops
 
-from .bench import (PARTS, ConvCase, bench_case, bench_parts, bench_steps, keep_freed_memory, method_config,
-                    model_cases, parts_supported, table10_cases, takes_layers, write_csv)
+from .bench import (PARTS, THP_ENV, ConvCase, bench_case, bench_parts, bench_steps, huge_pages_mode,
+                    keep_freed_memory, method_config, model_cases, parts_supported, table10_cases, takes_layers,
+                    write_csv)
 
+_THP_HELP = "/sys/kernel/mm/transparent_hugepage/enabled"
 METHODS_DIR = Path(__file__).resolve().parents[1] / "configs" / "classification" / "methods"
 DEFAULT_METHODS = [METHODS_DIR / f"{name}.yaml" for name in ("vanilla", "r2_per_layer", "r2", "r4_per_layer", "r4")]
 
@@ -178,9 +182,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--min-time", type=float, default=1.0,
                         help="--mode conv / parts: seconds of timed calls per measurement, at least "
                              "(steadier fast cases)")
-    parser.add_argument("--malloc", choices=["default", "heap"], default="default",
+    parser.add_argument("--malloc", choices=["default", "heap", "hugepages"], default="default",
                         help="heap: glibc reuses freed blocks instead of mapping fresh pages for each large "
-                             "tensor (both sides; see latency/README.md)")
+                             "tensor; hugepages: torch maps large tensors on transparent huge pages (runs in a "
+                             f"child process with {THP_ENV}=1); both sides alike, see latency/README.md")
     parser.add_argument("--archs", nargs="+", default=["mobilenet_v2", "resnet18"], help="--mode step networks")
     parser.add_argument("--layers", type=_layers, nargs="+", default=[2, 4],
                         help="--mode step: the methods' layers (the paper's #Layers, or all)")
@@ -204,6 +209,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             keep_freed_memory()
         except RuntimeError as err:
             parser.error(str(err))
+    if args.malloc == "hugepages" and os.environ.get(THP_ENV) != "1":
+        mode = huge_pages_mode()
+        if mode not in ("always", "madvise"):
+            parser.error(f"--malloc hugepages: the kernel's transparent huge pages are '{mode}' here "
+                         f"({_THP_HELP}); they must be 'always' or 'madvise'")
+        # torch reads the variable once, at its first allocation: only a fresh process sees it
+        child = [sys.executable, "-m", "latency", *(sys.argv[1:] if argv is None else argv)]
+        return subprocess.call(child, env=os.environ | {THP_ENV: "1"})
     device = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     kernels = ("compiled (gradfilt._kernels)" if _native.available()

@@ -41,13 +41,13 @@ from gradfilt import FilteredConv2d, _native, filtered_conv2d
 from gradfilt.chain import mul_counts_
 from gradfilt.cost import conv_cost, measure
 from gradfilt.functional import (axis_modes, filter_geometry, filtered_backward, grad_patch_sums, input_sums,
-                                 patch_grid_grads, spread_grid)
+                                 patch_grid_grads, patch_major_grid, spread_grid)
 from gradfilt.fuse import fuse_bn
 from gradfilt.methods import build_method, method_class
 from gradfilt.models import build_model
 from gradfilt.trace import LayerCall, trace_layers
 
-__all__ = ["ConvCase", "table10_cases", "model_cases", "keep_freed_memory", "time_rounds", "bench_case", "bench_parts",
+__all__ = ["ConvCase", "table10_cases", "model_cases", "keep_freed_memory", "huge_pages_mode", "THP_ENV", "time_rounds", "bench_case", "bench_parts",
            "parts_supported", "PARTS", "bench_steps", "method_config", "with_layers", "write_csv"]
 
 # Table 10 of the paper: (C_in, C_out, H, W), 3x3, stride 1, padding 1, batch 32
@@ -125,6 +125,20 @@ def keep_freed_memory() -> None:
     for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)):
         if mallopt(param, value) != 1:
             raise RuntimeError(f"glibc's mallopt refused parameter {param} = {value}")
+
+
+THP_ENV = "THP_MEM_ALLOC_ENABLE"  # torch's CPU allocator: madvise(MADV_HUGEPAGE) on large blocks when "1"
+_THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def huge_pages_mode() -> str:
+    """The kernel's transparent huge page mode ("always", "madvise" or "never"), "unavailable" without one."""
+    try:
+        text = _THP_SETTING.read_text()
+    except OSError:
+        return "unavailable"
+    chosen = [word[1:-1] for word in text.split() if word.startswith("[")]
+    return chosen[0] if chosen else "unavailable"
 
 
 def _sync(device: torch.device) -> None:
@@ -404,12 +418,24 @@ def _read_then_write(grad_y: torch.Tensor, x: torch.Tensor) -> None:
 
 def _gemms(case: ConvCase, batch: int, out_size: Sequence[int], patch_size: int,
            device: torch.device) -> Callable[[], None]:
-    """The two patch-grid GEMMs of a collapsed kernel (grad_w and grad_x~, per group) on random operands."""
+    """The two patch-grid GEMMs of a collapsed kernel (grad_w and grad_x~, per group) on random operands.
+
+    Ungrouped stride-1 convs: G patch-major and grad_x~ by :func:`gradfilt.functional.patch_major_grid`, the
+    product a chain runs; otherwise one batched product per gradient.
+    """
     g, co, ci = case.groups, case.c_out // case.groups, case.c_in // case.groups
-    b = batch * -(-out_size[0] // patch_size) * -(-out_size[1] // patch_size)  # patches in the batch
-    grad = torch.randn(g, co, b, device=device)  # (G, C_out / G, B)
+    hp, wp = -(-out_size[0] // patch_size), -(-out_size[1] // patch_size)
+    b = batch * hp * wp  # patches in the batch
     x_sum = torch.randn(g, ci, b, device=device)  # (G, C_in / G, B)
     theta = torch.randn(g, co, ci, device=device)  # (G, C_out / G, C_in / G)
+    if g == 1 and case.stride == 1:
+        grad = torch.randn(b, co, device=device).T  # (C_out, B), patch-major memory
+
+        def gemms() -> None:
+            torch.mm(grad, x_sum[0].T)  # grad_w: (C_out, C_in)
+            patch_major_grid(grad, theta[0], batch, hp, wp)  # grad_x~: (B, C_in) memory
+        return gemms
+    grad = torch.randn(g, co, b, device=device)  # (G, C_out / G, B)
 
     def gemms() -> None:
         torch.bmm(grad, x_sum.transpose(1, 2))  # grad_w: (G, C_out / G, C_in / G)

@@ -18,10 +18,10 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
                                                                  reason="needs a CUDA GPU"))]
 
 
-def _built(arch, method, fold=False, size=64, seed=0):
+def _built(arch, method, fold=False, size=64, seed=0, dtype=torch.float64):
     torch.manual_seed(seed)
-    model = build_model(arch, 10).double()
-    x = torch.randn(2, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    model = build_model(arch, 10).to(dtype)
+    x = torch.randn(2, 3, size, size, dtype=dtype, generator=torch.Generator().manual_seed(1))
     if fold:
         fuse_bn(model.eval(), x)
     method.apply(model, x[:1])
@@ -36,18 +36,19 @@ def _grads(model, x, device="cpu"):
     return out.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _compare(arch, fold=False, size=64, device="cpu", **kwargs):
-    """Per-layer vs patch-grid set-ups of one method: equal outputs, the same parameters trained, equal gradients."""
-    per_layer, x = _built(arch, GradientFilter(patch_grid=False, **kwargs), fold, size)
+def _compare(arch, fold=False, size=64, device="cpu", dtype=torch.float64, tol=1e-12, **kwargs):
+    """Per-layer vs patch-grid set-ups of one method: equal outputs, the same parameters trained, equal gradients
+    (within ``tol`` of each gradient's largest entry)."""
+    per_layer, x = _built(arch, GradientFilter(patch_grid=False, **kwargs), fold, size, dtype=dtype)
     method = GradientFilter(**kwargs)
-    grid, _ = _built(arch, method, fold, size)
+    grid, _ = _built(arch, method, fold, size, dtype=dtype)
     out_ref, ref = _grads(per_layer, x, device)
     out, got = _grads(grid, x, device)
     assert torch.equal(out, out_ref)
     assert sorted(got) == sorted(ref) and ref
     for name in ref:
         scale = ref[name].abs().max().clamp_min(1e-300)
-        assert torch.allclose(got[name], ref[name], rtol=0, atol=1e-12 * scale), name
+        assert torch.allclose(got[name], ref[name], rtol=0, atol=tol * scale), name
     return method.patch_grid_report, grid
 
 
@@ -67,6 +68,17 @@ def _compare(arch, fold=False, size=64, device="cpu", **kwargs):
 @pytest.mark.parametrize("patch_size", [2, 4])
 def test_gradients_equal_the_per_layer_filters(arch, layers, fold, blocks, patch_size):
     report, _ = _compare(arch, fold, layers=layers, patch_size=patch_size)
+    assert report.blocks == blocks and report.per_layer == {}
+
+
+@pytest.mark.parametrize("arch,layers,blocks", [("resnet18", 4, ["layer4.0", "layer4.1"]),
+                                                ("mobilenet_v2", 4, ["features.17", "features.18"])])
+def test_float32_gradients_match_the_per_layer_filters(arch, layers, blocks, monkeypatch):
+    """float32 (the grid products run as oneDNN 1x1 convs on the CPU, here at any batch size; the per-layer
+    filters as BLAS GEMMs)."""
+    from gradfilt import functional
+    monkeypatch.setattr(functional, "_ONEDNN_ROWS", 0)
+    report, _ = _compare(arch, True, dtype=torch.float32, tol=1e-5, layers=layers, patch_size=2)
     assert report.blocks == blocks and report.per_layer == {}
 
 

@@ -427,3 +427,26 @@ def test_patch_grid_output_refuses_strided_convs():
     with pytest.raises(ValueError, match="one stride phase"):
         filtered_backward(torch.zeros(1, 4, 4, 4), None, torch.zeros(4, 4, 3, 3), axes, 1, (1, 4, 8, 8),
                           (4, 4, 3, 3), True, False, False, grid_output=True)
+
+
+@pytest.mark.parametrize("patch_major", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_patch_major_grid_is_the_product_in_patch_major_memory(patch_major, dtype, monkeypatch):
+    """G^T theta~ for G as a view of patch-major memory (a 1x1 oneDNN conv for float32 on the CPU, here at any
+    batch size) and as channel-major memory (a BLAS product), against a float64 product; the result is a view
+    of (B, C_in)."""
+    from gradfilt import functional
+    from gradfilt.functional import patch_major_grid
+    monkeypatch.setattr(functional, "_ONEDNN_ROWS", 0)
+    gen = torch.Generator().manual_seed(0)
+    n, hp, wp, c_out, c_in = 3, 5, 4, 24, 40
+    b = n * hp * wp
+    g = torch.randn(b, c_out, generator=gen, dtype=dtype).T if patch_major else \
+        torch.randn(c_out, b, generator=gen, dtype=dtype)
+    theta = torch.randn(c_out, c_in, generator=gen, dtype=dtype)
+    grid = patch_major_grid(g, theta, n, hp, wp)
+    assert grid.shape == (n, c_in, 1, hp, 1, wp)
+    assert grid.stride()[1] == 1 and grid.stride()[0] == hp * wp * c_in  # patch-major (N, Hp, Wp, C_in)
+    ref = (g.double().T @ theta.double()).view(n, hp, wp, c_in).permute(0, 3, 1, 2)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert torch.allclose(grid[:, :, 0, :, 0, :].double(), ref, rtol=0, atol=tol * ref.abs().max())

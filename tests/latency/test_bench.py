@@ -15,6 +15,8 @@ from gradfilt.cost import estimate_configured, measure
 from gradfilt.fuse import fuse_bn
 from gradfilt.methods import build_method
 from gradfilt.models import build_model
+import latency.__main__ as latency_main
+from latency import bench
 from latency.__main__ import main
 from latency.bench import (PARTS, ConvCase, _part_fns, bench_case, bench_parts, bench_steps, method_config,
                            model_cases, table10_cases, time_rounds, with_layers)
@@ -216,15 +218,52 @@ print(min(faults_of_a_fresh_64mb_map() for _ in range(3)))
 """
 
 
+def _faults(mode, env=None):
+    out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True,
+                         env=None if env is None else os.environ | env)
+    return int(out.stdout.split()[-1])
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_keep_freed_memory_stops_page_faults_on_reallocation():
-    def faults(mode):
-        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True)
-        return int(out.stdout.split()[-1])
-
     pages = 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
-    assert faults("default") > pages // 2  # glibc maps a block this large fresh each time: every page faults
-    assert faults("heap") < pages // 100  # the freed block is reused
+    assert _faults("default") > pages // 2  # glibc maps a block this large fresh each time: every page faults
+    assert _faults("heap") < pages // 100  # the freed block is reused
+
+
+_HUGE = pytest.mark.skipif(bench.huge_pages_mode() not in ("always", "madvise"),
+                           reason="the kernel's transparent huge pages are off or absent")
+
+
+@_HUGE
+def test_huge_pages_fault_once_per_huge_page():
+    """With THP_MEM_ALLOC_ENABLE=1 a fresh 64 MiB block faults far less than once per 4 KiB page (mostly once
+    per 2 MiB; the kernel may still back parts of it with small pages)."""
+    pages = 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
+    assert _faults("default", {bench.THP_ENV: "1"}) < pages // 10
+
+
+@_HUGE
+def test_cli_malloc_hugepages_runs_in_a_child_and_is_recorded(tmp_path):
+    spec = tmp_path / "cases.csv"
+    spec.write_text("name,c_in,c_out,h,w\nc,4,4,8,8\n")
+    env = {k: v for k, v in os.environ.items() if k != bench.THP_ENV}
+    run = subprocess.run([sys.executable, "-m", "latency", "--cases", str(spec), "--batch", "2", "--patch-sizes", "2",
+                          "--repeats", "1", "--min-time", "0", "--malloc", "hugepages", "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert "malloc: hugepages" in run.stderr
+    assert [r["malloc"] for r in csv.DictReader(open(tmp_path / "out" / "conv.csv"))] == ["hugepages"]
+
+
+def test_cli_malloc_hugepages_without_them_is_an_error(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv(bench.THP_ENV, raising=False)
+    monkeypatch.setattr(latency_main, "huge_pages_mode", lambda: "never")
+    with pytest.raises(SystemExit) as exc:
+        latency_main.main(["--cases", "table10", "--malloc", "hugepages", "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    assert "transparent huge pages are 'never'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_malloc_heap_is_recorded(tmp_path):
