@@ -11,9 +11,9 @@
 // torch.get_num_threads().
 //
 // patch_sums(dtype, src, dst, planes, C, H, W, r, row_start, n_ph, col_start, n_pw,
-//            dst_sn, dst_sc, threads, simd)
+//            dst_sn, dst_sc, threads, simd, patch_major)
 //   src: contiguous (N, C, H, W), planes = N * C. For patch (ph, pw) of plane (n, c):
-//     dst[n * dst_sn + c * dst_sc + ph * n_pw + pw] =
+//     dst[n * dst_sn + c * dst_sc + ph * n_pw + pw]  (patch_major: dst[((n * n_ph + ph) * n_pw + pw) * C + c]) =
 //       sum of src[n, c, h, w] over h in [row_start + ph * r, row_start + (ph + 1) * r) and
 //       w in [col_start + pw * r, col_start + (pw + 1) * r), both clipped to the map
 //       (pixels outside it are zero padding).
@@ -86,6 +86,7 @@ struct PatchSumArgs {
   Index planes, C, H, W, r, row_start, n_ph, col_start, n_pw, dst_sn, dst_sc;
   int threads;
   int simd;  // 0: the portable loops only (tests compare them with the AVX-512 ones)
+  int patch_major;  // dst is (N, n_ph, n_pw, C) (dst_sn, dst_sc unused)
 };
 
 // One (H, W) plane tiled by patches from (0, 0) (the last row / column of patches may be
@@ -204,24 +205,76 @@ bool has_avx512() {
 bool has_avx512() { return false; }
 #endif
 
+constexpr Index kTile = 16;  // channels per patch-major tile: one 64-byte line of float32 per patch
+
+// out[q * ld + c] = tile[c * patches + q] for c < count, q < patches, in 4 x 4 blocks (SSE registers
+// for float32, in the baseline x86-64 instruction set) so that reads and writes go 4 values at a time.
+template <typename T>
+void transpose_tile(const T* tile, T* out, Index count, Index patches, Index ld) {
+  Index c = 0;
+#ifdef GRADFILT_AVX512
+  if constexpr (std::is_same_v<T, float>) {
+    for (; c + 4 <= count; c += 4) {
+      const float* r0 = tile + c * patches;
+      Index q = 0;
+      for (; q + 4 <= patches; q += 4) {
+        __m128 a0 = _mm_loadu_ps(r0 + q), a1 = _mm_loadu_ps(r0 + patches + q);
+        __m128 a2 = _mm_loadu_ps(r0 + 2 * patches + q), a3 = _mm_loadu_ps(r0 + 3 * patches + q);
+        _MM_TRANSPOSE4_PS(a0, a1, a2, a3);
+        _mm_storeu_ps(out + q * ld + c, a0);
+        _mm_storeu_ps(out + (q + 1) * ld + c, a1);
+        _mm_storeu_ps(out + (q + 2) * ld + c, a2);
+        _mm_storeu_ps(out + (q + 3) * ld + c, a3);
+      }
+      for (; q < patches; ++q)
+        for (Index i = 0; i < 4; ++i) out[q * ld + c + i] = r0[i * patches + q];
+    }
+  }
+#endif
+  for (; c < count; ++c)
+    for (Index q = 0; q < patches; ++q) out[q * ld + c] = tile[c * patches + q];
+}
+
+// plane(src plane, out, acc) for every (n, c) plane of src. Channel-major: out is the plane's place
+// in dst. Patch-major (dst (N, n_ph, n_pw, C)): the planes of kTile channels of one image go to a
+// per-thread tile, which is then written transposed, kTile neighbouring channels per patch.
+template <typename T, typename Plane>
+void for_planes(const T* src, T* dst, const PatchSumArgs& a, Index acc_size, Plane plane) {
+  const Index hw = a.H * a.W, patches = a.n_ph * a.n_pw;
+  if (!a.patch_major) {
+#pragma omp parallel num_threads(a.threads)
+    {
+      std::vector<T> acc(std::max<Index>(acc_size, 1));  // per thread
+#pragma omp for schedule(static)
+      for (Index p = 0; p < a.planes; ++p)
+        plane(src + p * hw, dst + (p / a.C) * a.dst_sn + (p % a.C) * a.dst_sc, acc.data());
+    }
+    return;
+  }
+  const Index tiles = (a.C + kTile - 1) / kTile;
+#pragma omp parallel num_threads(a.threads)
+  {
+    std::vector<T> acc(std::max<Index>(acc_size, 1)), tile(kTile * std::max<Index>(patches, 1));
+#pragma omp for schedule(static)
+    for (Index job = 0; job < (a.planes / a.C) * tiles; ++job) {
+      const Index n = job / tiles, c0 = (job % tiles) * kTile, count = std::min<Index>(kTile, a.C - c0);
+      for (Index c = 0; c < count; ++c) plane(src + (n * a.C + c0 + c) * hw, tile.data() + c * patches, acc.data());
+      transpose_tile<T>(tile.data(), dst + n * patches * a.C + c0, count, patches, a.C);
+    }
+  }
+}
+
 template <typename T, int R>
 void patch_sums_with(const T* src, T* dst, const PatchSumArgs& a, bool anchored) {
   const bool pairs = R == 2 && anchored && a.H % 2 == 0 && a.W % 2 == 0;
-#pragma omp parallel num_threads(a.threads)
-  {
-    std::vector<T> acc(std::max<Index>(a.n_ph * a.W, 1));  // per thread
-#pragma omp for schedule(static)
-    for (Index p = 0; p < a.planes; ++p) {
-      const T* plane = src + p * a.H * a.W;
-      T* out = dst + (p / a.C) * a.dst_sn + (p % a.C) * a.dst_sc;
-      if (pairs)
-        pairs_plane<T>(plane, out, a);
-      else if (anchored)
-        anchored_plane<T, R>(plane, out, acc.data(), a);
-      else
-        clipped_plane<T>(plane, out, acc.data(), a);
-    }
-  }
+  for_planes<T>(src, dst, a, a.n_ph * a.W, [&](const T* plane, T* out, T* acc) {
+    if (pairs)
+      pairs_plane<T>(plane, out, a);
+    else if (anchored)
+      anchored_plane<T, R>(plane, out, acc, a);
+    else
+      clipped_plane<T>(plane, out, acc, a);
+  });
 }
 
 template <typename T>
@@ -232,10 +285,9 @@ void patch_sums(const T* src, T* dst, const PatchSumArgs& a) {
 #ifdef GRADFILT_AVX512
   if constexpr (std::is_same_v<T, float>) {
     if (anchored && a.r == 4 && a.simd && has_avx512()) {
-#pragma omp parallel for num_threads(a.threads) schedule(static)
-      for (Index p = 0; p < a.planes; ++p)
-        quads_plane_avx512(src + p * a.H * a.W, dst + (p / a.C) * a.dst_sn + (p % a.C) * a.dst_sc, a.H, a.W, a.n_ph,
-                           a.n_pw);
+      for_planes<float>(src, dst, a, 0, [&](const float* plane, float* out, float*) {
+        quads_plane_avx512(plane, out, a.H, a.W, a.n_ph, a.n_pw);
+      });
       return;
     }
   }
@@ -379,8 +431,9 @@ PyObject* py_patch_sums(PyObject*, PyObject* args) {
   int dtype;
   unsigned long long src, dst;
   PatchSumArgs a;
-  if (!PyArg_ParseTuple(args, "iKKnnnnnnnnnnnip", &dtype, &src, &dst, &a.planes, &a.C, &a.H, &a.W, &a.r,
-                        &a.row_start, &a.n_ph, &a.col_start, &a.n_pw, &a.dst_sn, &a.dst_sc, &a.threads, &a.simd))
+  if (!PyArg_ParseTuple(args, "iKKnnnnnnnnnnnipp", &dtype, &src, &dst, &a.planes, &a.C, &a.H, &a.W, &a.r,
+                        &a.row_start, &a.n_ph, &a.col_start, &a.n_pw, &a.dst_sn, &a.dst_sc, &a.threads, &a.simd,
+                        &a.patch_major))
     return nullptr;
   if (!valid(dtype, a.C, a.threads) || a.r < 1) {
     PyErr_SetString(PyExc_ValueError, "patch_sums: need dtype 0 or 1, C >= 1, threads >= 1 and r >= 1");

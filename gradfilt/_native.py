@@ -47,8 +47,8 @@ def _check(ok: bool, message: str) -> None:
 
 
 def patch_sums(x: Tensor, patch_size: int, start: tuple[int, int], counts: tuple[int, int],
-               simd: bool = True) -> Tensor:
-    """Patch sums of ``x``, written channel-major for one GEMM over the batch.
+               simd: bool = True, patch_major: bool = False) -> Tensor:
+    """Patch sums of ``x``, laid out for one GEMM over the batch.
 
     Patch (ph, pw) covers rows [start[0] + ph * r, start[0] + (ph + 1) * r) and columns
     [start[1] + pw * r, ...) of x, clipped to the map (outside pixels count as zeros).
@@ -59,18 +59,24 @@ def patch_sums(x: Tensor, patch_size: int, start: tuple[int, int], counts: tuple
         start: first row and column of patch (0, 0) (may be negative).
         counts: patches along height and width.
         simd: allow the AVX-512 loops where they apply (:func:`has_avx512`); both give the same bits.
+        patch_major: write (N, nh, nw, C) memory (every patch's channels side by side) instead of (C, N, nh, nw).
 
     Returns:
-        Contiguous (C, N, counts[0], counts[1]).
+        (C, N, counts[0], counts[1]): contiguous, or with ``patch_major`` a permuted view of contiguous
+        (N, counts[0], counts[1], C); the same values either way.
     """
     _check(usable(x) and x.dim() == 4 and x.is_contiguous(), "patch_sums needs a contiguous 4-D CPU float tensor")
     _check(patch_size >= 1 and min(counts) >= 0, f"bad patch_size {patch_size} or counts {counts}")
     n, c, h, w = x.shape
-    out = torch.empty(c, n, *counts, dtype=x.dtype)  # (C, N, nh, nw)
+    if patch_major:
+        out = torch.empty(n, *counts, c, dtype=x.dtype).permute(3, 0, 1, 2)  # (C, N, nh, nw) view
+    else:
+        out = torch.empty(c, n, *counts, dtype=x.dtype)  # (C, N, nh, nw)
     if out.numel():
         p = counts[0] * counts[1]
         _kernels.patch_sums(_DTYPES[x.dtype], x.data_ptr(), out.data_ptr(), n * c, c, h, w, patch_size,
-                            start[0], counts[0], start[1], counts[1], p, n * p, torch.get_num_threads(), simd)
+                            start[0], counts[0], start[1], counts[1], p, n * p, torch.get_num_threads(), simd,
+                            patch_major)
     return out
 
 

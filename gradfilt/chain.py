@@ -168,11 +168,11 @@ class _Grad:
         owned = (self.owned if other.grid is None else other.owned if self.grid is None else True)
         return _Grad(self.size, dense, grid, axes, self.mask, scale, memo=self.memo, owned=owned)
 
-    def patch_sums(self, axes) -> Tensor:
-        """Patch sums of the gradient on a filtered conv's output grid, channel-major (C, N, Hp, Wp)."""
+    def patch_sums(self, axes, groups: int) -> Tensor:
+        """Patch sums of the gradient on the output grid of a filtered conv of ``groups``, (C, N, Hp, Wp)."""
         patch = axes[0].patch
         if self.grid is not None and self.patch != patch:  # another grid: read it at full resolution
-            return grad_patch_sums(self.full(), axes)
+            return grad_patch_sums(self.full(), axes, groups)
         grid_sums = None
         if self.grid is not None:
             # sum_{p in P} spread(grid)[p] * m[p] = grid[P] * (sum_{p in P} m[p]), in the grid's own layout
@@ -187,7 +187,7 @@ class _Grad:
             grid_sums = mul_counts_(grid_t, counts) if self.owned else grid_t * counts.to(grid_t.dtype)
         if self.dense is None:
             return grid_sums
-        sums = grad_patch_sums(self._masked_dense(), axes)  # (C, N, Hp, Wp)
+        sums = grad_patch_sums(self._masked_dense(), axes, groups)  # (C, N, Hp, Wp)
         if self.scale is not None:  # a per-channel factor commutes with the patch sums
             sums.mul_(self.scale.view(-1, 1, 1, 1))
         return sums if grid_sums is None else sums.add_(grid_sums)
@@ -497,7 +497,8 @@ def _forward(nodes: list[_Node], modules: list[Optional[nn.Module]], x: Tensor, 
                                               module.dilation, module.patch_size,
                                               axis_modes(module.stride, module.dilation, module.patch_size))
             if (i, "weight") in trains:  # x~ (1 / r^2 of the input) for a filtered conv; exact BP needs x itself
-                saved.append(_tagged(input_sums(inp, rec["axes"]) if "axes" in rec else inp, "conv"))
+                saved.append(_tagged(input_sums(inp, rec["axes"], module.groups) if "axes" in rec else inp,
+                                     "conv"))
                 rec["saved"] = len(saved) - 1
         elif kind == "act" and needs[node.src[0]]:
             if isinstance(module, nn.ReLU):
@@ -575,7 +576,7 @@ def _conv_backward(conv: nn.Conv2d, g: _Grad, rec: dict, saved: tuple, need_x: b
     axes = rec.get("axes")
     weight = conv.weight.detach()
     if axes is not None and all(ax.mode == "collapse" for ax in axes):
-        g_sum = g.patch_sums(axes)  # (C_out, N, Hp, Wp)
+        g_sum = g.patch_sums(axes, conv.groups)  # (C_out, N, Hp, Wp)
         x_sum = saved[rec["saved"]] if "saved" in rec else None
         grid, grad_w, grad_b = patch_grid_grads(g_sum, x_sum, weight, axes, conv.groups,
                                                 rec["in_shape"], weight.shape, need_x, need_w, need_b)

@@ -49,7 +49,7 @@ IntPair = Union[int, Sequence[int]]
 
 __all__ = ["filtered_conv2d", "filtered_backward", "filter_geometry", "input_sums", "patch_mean", "patch_sum",
            "check_patch_size", "axis_modes", "grad_patch_sums", "patch_grid_grads", "spread_grid", "patch_counts",
-           "patch_major_grid"]
+           "patch_major_grid", "tap_grad", "patch_major_layout"]
 
 
 def _pair(value: IntPair, name: str) -> tuple[int, int]:
@@ -257,7 +257,7 @@ def _pad_to_needed(x_sum: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
 
 _SMALL_BYTES = 16 * 2**20  # below glibc's mmap threshold: reused heap memory, no fresh page faults
 _LARGE_BYTES = 64 * 2**20  # grad_x maps above this (rows >= 64): F.interpolate's kernel beats the tiled copy
-_ONEDNN_ROWS = 8192  # patches in the batch from which oneDNN's 1x1 conv beat BLAS in A/B runs (below: its fixed cost)
+_ONEDNN_ROWS = 4096  # patches in the batch from which oneDNN's 1x1 convs beat BLAS in A/B runs (below: fixed costs)
 _TINY = 4  # groups with at most this many (C_out / G) x (C_in / G) pairs skip bmm (it loops over groups on CPU)
 
 
@@ -283,25 +283,49 @@ def _collapse_path(axes: tuple[_Axis, _Axis]) -> bool:
     return all(ax.mode == "collapse" for ax in axes)
 
 
-def _channel_major_sums(x: Tensor, r: int, start: tuple[int, int], counts: tuple[int, int]) -> Tensor:
+def _onednn(t: Tensor) -> bool:
+    """torch runs float32 convs on this CPU tensor with oneDNN."""
+    return t.device.type == "cpu" and t.dtype == torch.float32 and torch.backends.mkldnn.is_available() \
+        and torch.backends.mkldnn.enabled
+
+
+def patch_major_layout(t: Tensor, groups: int) -> bool:
+    """Whether the patch sums of ``t`` (an input or output map of a conv of ``groups``) are kept patch-major,
+    (N, nh, nw, C) memory: ungrouped float32 convs on the CPU, whose grid products then run as oneDNN 1x1
+    convs on channels-last maps (:func:`patch_major_grid`, :func:`tap_grad`); otherwise channel-major."""
+    return groups == 1 and _onednn(t)
+
+
+def _is_patch_major(m: Tensor) -> bool:
+    """A (C, B) matrix whose memory is (B, C): every patch's channels side by side."""
+    return m.stride(0) == 1 and m.stride(1) == m.shape[0]
+
+
+def _grid_sums(x: Tensor, r: int, start: tuple[int, int], counts: tuple[int, int], patch_major: bool) -> Tensor:
     """(N, C, H, W) -> (C, N, nh, nw) sums of the r x r patches starting at ``start`` (clipped to the map).
 
-    The channel-major layout makes both backward GEMMs one matrix product over the whole batch.
+    Channel-major memory, or with ``patch_major`` a view of (N, nh, nw, C) memory: either way both
+    backward GEMMs are one matrix product over the whole batch.
     """
     x = x.contiguous()
     if _native.usable(x):
-        return _native.patch_sums(x, r, start, counts)
+        return _native.patch_sums(x, r, start, counts, patch_major=patch_major)
     n, c, h, w = x.shape
     pads = [-start[1], start[1] + counts[1] * r - w, -start[0], start[0] + counts[0] * r - h]
     if not any(pads) and x.numel() * x.element_size() // r <= _SMALL_BYTES:
-        # strided adds win while their (N, C, H, W / r) intermediate is small; the last ones write channel-major
-        out = torch.empty(c, n, *counts, dtype=x.dtype, device=x.device)  # (C, N, nh, nw)
+        # strided adds win while their (N, C, H, W / r) intermediate is small; the last ones write the layout
+        if patch_major:
+            out = torch.empty(n, *counts, c, dtype=x.dtype, device=x.device).permute(3, 0, 1, 2)  # (C, N, nh, nw)
+        else:
+            out = torch.empty(c, n, *counts, dtype=x.dtype, device=x.device)  # (C, N, nh, nw)
         _fast_patch_sum(x, r, out.transpose(0, 1))
         return out
     if start == (0, 0) and counts == (-(-h // r), -(-w // r)):
         sums = patch_sum(x, r)  # patches tile the map from (0, 0): avg_pool2d's ceil mode clips the last ones
     else:
         sums = patch_sum(F.pad(x, pads), r)  # negative pads crop, positive ones add zeros
+    if patch_major:
+        return sums.permute(0, 2, 3, 1).contiguous().permute(3, 0, 1, 2)  # (C, N, nh, nw) view
     return sums.transpose(0, 1).contiguous()  # (C, N, nh, nw)
 
 
@@ -351,26 +375,30 @@ def _spread(grid: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
     return grid[:, :, idx_h[:, None], idx_w[None, :]]  # (N, C, H, W), one gather
 
 
-def input_sums(x: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
+def input_sums(x: Tensor, axes: tuple[_Axis, _Axis], groups: int = 1) -> Tensor:
     """x~, what the filtered conv's forward keeps for :func:`filtered_backward` (``axes`` from
-    :func:`filter_geometry`): channel-major (C_in, N, nh, nw) on the collapse path, else (N, C_in, nh, nw)."""
+    :func:`filter_geometry`, ``groups`` the conv's): (C_in, N, nh, nw) on the collapse path (channel-major
+    memory, or patch-major for an ungrouped stride-1 float32 conv on the CPU), else (N, C_in, nh, nw)."""
     if not _collapse_path(axes):
         return _sample_patch_sums(x, axes)
     if any(ax.stride > 1 for ax in axes):
         return _sample_patch_sums(x, axes).transpose(0, 1).contiguous()  # (C_in, N, nh, nw)
     # stride 1: sample t of a patch row is pixel t + offset; patches past the map's edge hold zeros
-    return _channel_major_sums(x, axes[0].patch, (axes[0].offset, axes[1].offset),
-                               (axes[0].n_patches, axes[1].n_patches))
+    return _grid_sums(x, axes[0].patch, (axes[0].offset, axes[1].offset), (axes[0].n_patches, axes[1].n_patches),
+                      patch_major_layout(x, groups))
 
 
-def grad_patch_sums(grad_y: Tensor, axes: tuple[_Axis, _Axis]) -> Tensor:
-    """Stage 1 of the collapsed backward: the r x r patch sums of g_y, channel-major (C_out, N, Hp, Wp).
+def grad_patch_sums(grad_y: Tensor, axes: tuple[_Axis, _Axis], groups: int = 1) -> Tensor:
+    """Stage 1 of the collapsed backward: the r x r patch sums of g_y, (C_out, N, Hp, Wp).
 
     Args:
         grad_y: (N, C_out, H_out, W_out).
         axes: the conv's geometry (:func:`filter_geometry`).
+        groups: the conv's; an ungrouped conv's float32 sums on the CPU are a view of patch-major
+            (N, Hp, Wp, C_out) memory, as :func:`input_sums` keeps x~, otherwise channel-major.
     """
-    return _channel_major_sums(grad_y, axes[0].patch, (0, 0), (axes[0].n_patches, axes[1].n_patches))
+    return _grid_sums(grad_y, axes[0].patch, (0, 0), (axes[0].n_patches, axes[1].n_patches),
+                      patch_major_layout(grad_y, groups))
 
 
 def patch_grid_grads(g_sum: Tensor, x_sum: Optional[Tensor], weight: Optional[Tensor], axes: tuple[_Axis, _Axis],
@@ -389,6 +417,8 @@ def patch_grid_grads(g_sum: Tensor, x_sum: Optional[Tensor], weight: Optional[Te
     Args:
         g_sum: patch sums of g_y, (C_out, N, Hp, Wp) (:func:`grad_patch_sums`), channel-major or a view of
             patch-major (N, Hp, Wp, C_out) memory; scaled in place when the output map has partial patches.
+            With both g_sum and x_sum patch-major (:func:`patch_major_layout`), grad_w is :func:`tap_grad`'s
+            oneDNN product.
         x_sum, weight, axes, groups, x_shape, weight_shape, need_x, need_w, need_b: as :func:`filtered_backward`.
 
     Returns:
@@ -410,7 +440,7 @@ def patch_grid_grads(g_sum: Tensor, x_sum: Optional[Tensor], weight: Optional[Te
     if need_w:
         xs = x_sum.view(groups, c_in_g, n * hp * wp)  # (G, C_in / G, B)
         if groups == 1:
-            grad_tap = torch.mm(g[0], xs[0].T)  # (C_out, C_in)
+            grad_tap = tap_grad(g[0], xs[0])  # (C_out, C_in)
         elif c_out_g * c_in_g <= _TINY:  # depthwise: broadcast products, not one tiny GEMM per group
             grad_tap = (g[:, :, None, :] * xs[:, None, :, :]).sum(3)  # (G, C_out / G, C_in / G)
         else:
@@ -462,7 +492,7 @@ def _collapse_backward(grad_y: Tensor, x_sum: Optional[Tensor], weight: Optional
                        need_b: bool, grid_output: bool = False):
     """Backward when both axes collapse (3x3 "same", 1x1 and depthwise convs, at any stride): g_y is read
     once (patch sums), both gradients come from two GEMMs on the patch grid, grad_x is written once."""
-    g_sum = grad_patch_sums(grad_y, axes)  # (C_out, N, Hp, Wp)
+    g_sum = grad_patch_sums(grad_y, axes, groups)  # (C_out, N, Hp, Wp)
     grid, grad_w, grad_b = patch_grid_grads(g_sum, x_sum, weight, axes, groups, x_shape, weight_shape, need_x,
                                             need_w, need_b)
     grad_x = None
@@ -485,12 +515,6 @@ def _repeat_taps(grad_tap: Tensor, weight_shape: torch.Size, scale: float) -> Te
     return grad_tap.mul(scale).reshape(*weight_shape[:2], 1, 1).expand(weight_shape).contiguous()
 
 
-def _onednn(t: Tensor) -> bool:
-    """torch runs float32 convs on this CPU tensor with oneDNN."""
-    return t.device.type == "cpu" and t.dtype == torch.float32 and torch.backends.mkldnn.is_available() \
-        and torch.backends.mkldnn.enabled
-
-
 def patch_major_grid(g: Tensor, theta: Tensor, n: int, hp: int, wp: int) -> Tensor:
     """grad_x~ of an ungrouped stride-1 conv as the spread's grid: G^T theta~ from G (C_out, B), theta~ (C_out, C_in).
 
@@ -509,13 +533,28 @@ def patch_major_grid(g: Tensor, theta: Tensor, n: int, hp: int, wp: int) -> Tens
         (N, C_in, 1, Hp, 1, Wp), a view of patch-major (B, C_in) memory.
     """
     c_out, b = g.shape
-    if b >= _ONEDNN_ROWS and g.stride(0) == 1 and g.stride(1) == c_out and _onednn(g):
+    if b >= _ONEDNN_ROWS and _is_patch_major(g) and _onednn(g):
         rows = g.T.view(1, 1, b, c_out).permute(0, 3, 1, 2)  # (1, C_out, 1, B), channels-last
         out = F.conv2d(rows, theta.T.contiguous().view(-1, c_out, 1, 1))  # (1, C_in, 1, B), channels-last
         grid = out.permute(0, 2, 3, 1).reshape(b, -1)  # (B, C_in), a view
     else:
         grid = torch.mm(g.T, theta)  # (B, C_in)
     return grid.view(n, hp, wp, -1).permute(0, 3, 1, 2)[:, :, None, :, None, :]  # (N, C_in, 1, Hp, 1, Wp)
+
+
+def tap_grad(g: Tensor, x_sum: Tensor) -> Tensor:
+    """The weight gradient of one collapsed tap, G X^T, from G (C_out, B) and X (C_in, B), any strides.
+
+    When both are views of patch-major memory (:func:`input_sums` and :func:`grad_patch_sums` of an
+    ungrouped float32 conv on the CPU), oneDNN runs float32 convs and the batch has many patches, this
+    is the weight gradient of a 1x1 conv on channels-last maps, which oneDNN runs faster than BLAS runs
+    the matrix product; otherwise the matrix product.
+    """
+    c_out, b = g.shape
+    if b >= _ONEDNN_ROWS and _is_patch_major(g) and _is_patch_major(x_sum) and _onednn(g) and _onednn(x_sum):
+        maps = [m.T.view(1, 1, b, -1).permute(0, 3, 1, 2) for m in (g, x_sum)]  # (1, C, 1, B), channels-last
+        return conv2d_weight(maps[1], (c_out, x_sum.shape[0], 1, 1), maps[0]).view(c_out, -1)
+    return torch.mm(g, x_sum.T)
 
 
 @functools.lru_cache(maxsize=64)
@@ -558,7 +597,7 @@ class _FilteredConv2dFn(torch.autograd.Function):
         ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
         x_sum = None
         if ctx.needs_input_grad[1]:  # half precision: r x r sums accumulated in float32, kept in x's dtype
-            x_sum = input_sums(x.to(_compute_dtype(x.dtype)), ctx.axes).to(x.dtype)
+            x_sum = input_sums(x.to(_compute_dtype(x.dtype)), ctx.axes, groups).to(x.dtype)
         ctx.save_for_backward(x_sum, weight if ctx.needs_input_grad[0] else None)
         return y
 

@@ -41,7 +41,8 @@ from gradfilt import FilteredConv2d, _native, filtered_conv2d
 from gradfilt.chain import mul_counts_
 from gradfilt.cost import conv_cost, measure
 from gradfilt.functional import (axis_modes, filter_geometry, filtered_backward, grad_patch_sums, input_sums,
-                                 patch_grid_grads, patch_major_grid, spread_grid)
+                                 patch_grid_grads, patch_major_grid, patch_major_layout, spread_grid,
+                                 tap_grad)
 from gradfilt.fuse import fuse_bn
 from gradfilt.methods import build_method, method_class
 from gradfilt.models import build_model
@@ -269,7 +270,7 @@ def _grid_backward(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, grad_
     """grad_w and grad_x on the patch grid from x~ and g_y, by :func:`gradfilt.functional.filtered_backward`
     called directly (the work of a backward that hands the patch grid on, as the paper's own code does)."""
     axes = _axes(x, weight, y, args, patch_size)
-    x_sum = input_sums(x.detach(), axes)
+    x_sum = input_sums(x.detach(), axes, args["groups"])
     return functools.partial(filtered_backward, grad_y, x_sum, weight.detach(), axes, args["groups"], x.shape,
                              weight.shape, True, True, False, grid_output=True)
 
@@ -293,7 +294,7 @@ def _chain_layer(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, args: d
     itself does not make).
     """
     axes = _axes(x, weight, y, args, patch_size)
-    x_sum = input_sums(x.detach(), axes)
+    x_sum = input_sums(x.detach(), axes, args["groups"])
     n, c_out = y.shape[:2]
     hp, wp = axes[0].n_patches, axes[1].n_patches
     gen = torch.Generator(device="cpu").manual_seed(1)
@@ -395,9 +396,9 @@ def _part_fns(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, grad_y: to
     Chained, they give the op's gradients: ``spread`` returns grad_x, ``GEMMs`` (grad_x~, grad_w, None).
     """
     axes = _axes(x, weight, y, args, patch_size)
-    x_sum = input_sums(x.detach(), axes)  # what the op's forward keeps
+    x_sum = input_sums(x.detach(), axes, args["groups"])  # what the op's forward keeps
     w = weight.detach()
-    g_sum = grad_patch_sums(grad_y, axes)  # (C_out, N, Hp, Wp)
+    g_sum = grad_patch_sums(grad_y, axes, args["groups"])  # (C_out, N, Hp, Wp)
     grid = patch_grid_grads(g_sum.clone(), x_sum, w, axes, args["groups"], x.shape, w.shape, True, True, False)[0]
 
     partial = any(ax.size_out % patch_size for ax in axes)  # the stage then rescales g_sum in place: a copy
@@ -420,21 +421,27 @@ def _gemms(case: ConvCase, batch: int, out_size: Sequence[int], patch_size: int,
            device: torch.device) -> Callable[[], None]:
     """The two patch-grid GEMMs of a collapsed kernel (grad_w and grad_x~, per group) on random operands.
 
-    Ungrouped stride-1 convs: G patch-major and grad_x~ by :func:`gradfilt.functional.patch_major_grid`, the
-    product a chain runs; otherwise one batched product per gradient.
+    Ungrouped stride-1 convs: G and X in the op's own layout (:func:`gradfilt.functional.patch_major_layout`) and
+    its products (:func:`~gradfilt.functional.tap_grad`, :func:`~gradfilt.functional.patch_major_grid`);
+    otherwise one batched product per gradient.
     """
     g, co, ci = case.groups, case.c_out // case.groups, case.c_in // case.groups
     hp, wp = -(-out_size[0] // patch_size), -(-out_size[1] // patch_size)
     b = batch * hp * wp  # patches in the batch
-    x_sum = torch.randn(g, ci, b, device=device)  # (G, C_in / G, B)
     theta = torch.randn(g, co, ci, device=device)  # (G, C_out / G, C_in / G)
     if g == 1 and case.stride == 1:
-        grad = torch.randn(b, co, device=device).T  # (C_out, B), patch-major memory
+        def operand(channels: int) -> torch.Tensor:  # (C, B), laid out as the op's patch sums
+            if patch_major_layout(theta, 1):
+                return torch.randn(b, channels, device=device).T
+            return torch.randn(channels, b, device=device)
+
+        grad, x_sum = operand(co), operand(ci)
 
         def gemms() -> None:
-            torch.mm(grad, x_sum[0].T)  # grad_w: (C_out, C_in)
+            tap_grad(grad, x_sum)  # grad_w: (C_out, C_in)
             patch_major_grid(grad, theta[0], batch, hp, wp)  # grad_x~: (B, C_in) memory
         return gemms
+    x_sum = torch.randn(g, ci, b, device=device)  # (G, C_in / G, B)
     grad = torch.randn(g, co, b, device=device)  # (G, C_out / G, B)
 
     def gemms() -> None:

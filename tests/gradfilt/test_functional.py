@@ -450,3 +450,42 @@ def test_patch_major_grid_is_the_product_in_patch_major_memory(patch_major, dtyp
     ref = (g.double().T @ theta.double()).view(n, hp, wp, c_in).permute(0, 3, 1, 2)
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     assert torch.allclose(grid[:, :, 0, :, 0, :].double(), ref, rtol=0, atol=tol * ref.abs().max())
+    x_sum = torch.randn(b, c_in, generator=gen, dtype=dtype).T if patch_major else \
+        torch.randn(c_in, b, generator=gen, dtype=dtype)
+    grad_w = functional.tap_grad(g, x_sum)  # G X^T
+    ref_w = g.double() @ x_sum.double().T
+    assert grad_w.shape == (c_out, c_in)
+    assert torch.allclose(grad_w.double(), ref_w, rtol=0, atol=tol * ref_w.abs().max())
+
+
+@pytest.mark.parametrize("kernels", [True, False])
+def test_patch_sums_are_patch_major_for_ungrouped_float32_convs(kernels, monkeypatch):
+    """input_sums / grad_patch_sums: patch-major memory for ungrouped float32 convs on the CPU (compiled or
+    pure-PyTorch sums), channel-major for grouped convs and float64; the same values either way."""
+    from gradfilt import _native
+    from gradfilt.functional import axis_modes, filter_geometry, grad_patch_sums, input_sums
+    if not kernels:
+        monkeypatch.setattr(_native, "usable", lambda *tensors: False)
+    x = torch.randn(2, 8, 10, 9, generator=torch.Generator().manual_seed(0))
+    axes = filter_geometry(x.shape, x.shape, (3, 3), (1, 1), (1, 1), (1, 1), 2, axis_modes(1, 1, 2))
+    ref = input_sums(x.double(), axes)
+    assert ref.is_contiguous()  # float64: channel-major (C, N, nh, nw)
+    for groups, patch_major in ((1, True), (2, False), (8, False)):
+        for sums in (input_sums(x, axes, groups), grad_patch_sums(x, axes, groups)):
+            assert (sums.permute(1, 2, 3, 0) if patch_major else sums).is_contiguous(), groups
+            torch.testing.assert_close(sums.double(), ref, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["resnet 3x3", "3x3 r4 batch1", "valid padding", "3x3 stride2"])
+def test_float32_op_through_onednn_products(case, monkeypatch):
+    """The float32 op on the CPU with the oneDNN grid products taken at any batch size equals the float64 op."""
+    from gradfilt import functional
+    monkeypatch.setattr(functional, "_ONEDNN_ROWS", 0)
+    n, c_in, c_out, size, kernel, stride, padding, dilation, groups, bias, r = GENERAL[case]
+    x, w, b, gy = make_case(n, c_in, c_out, size, kernel, stride, padding, dilation, groups, bias)
+    x32, w32, _, gy32 = make_case(n, c_in, c_out, size, kernel, stride, padding, dilation, groups, bias,
+                                   dtype=torch.float32)
+    _, gx, gw, _ = run_filtered(x, w, None, gy, stride, padding, dilation, groups, r)
+    _, gx32, gw32, _ = run_filtered(x32, w32, None, gy32, stride, padding, dilation, groups, r)
+    torch.testing.assert_close(gx32, gx.float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gw32, gw.float(), rtol=1e-5, atol=1e-4)

@@ -51,15 +51,30 @@ SUMS = [
 
 
 @needs_kernels
+@pytest.mark.parametrize("patch_major", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n,c,h,w,r,start,counts", SUMS)
-def test_patch_sums_match_torch(n, c, h, w, r, start, counts, dtype):
+def test_patch_sums_match_torch(n, c, h, w, r, start, counts, dtype, patch_major):
     x = integer_map((n, c, h, w), dtype)
     pads = [-start[1], start[1] + counts[1] * r - w, -start[0], start[0] + counts[0] * r - h]
     expected = patch_sum(F.pad(x, pads), r).transpose(0, 1)  # (C, N, nh, nw)
-    out = _native.patch_sums(x, r, start, counts)
-    assert out.shape == (c, n, *counts) and out.is_contiguous()
+    out = _native.patch_sums(x, r, start, counts, patch_major=patch_major)
+    assert out.shape == (c, n, *counts)
+    assert (out.permute(1, 2, 3, 0) if patch_major else out).is_contiguous()
     assert torch.equal(out, expected)
+
+
+@needs_kernels
+@pytest.mark.parametrize("simd", [False, True])
+@pytest.mark.parametrize("r", [2, 3, 4])
+def test_patch_major_sums_tile_many_channels(r, simd):
+    """Channel counts around the 16-channel tiles of the patch-major writer: the same bits as channel-major."""
+    for c in (1, 15, 16, 17, 40):
+        x = torch.randn(3, c, 13, 18, generator=torch.Generator().manual_seed(c))
+        counts = (-(-13 // r), -(-18 // r))
+        major = _native.patch_sums(x, r, (0, 0), counts, simd=simd, patch_major=True)
+        assert torch.equal(major, _native.patch_sums(x, r, (0, 0), counts, simd=simd)), c
+        assert major.permute(1, 2, 3, 0).is_contiguous()
 
 
 @needs_kernels
