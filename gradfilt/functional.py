@@ -520,7 +520,8 @@ def patch_major_grid(g: Tensor, theta: Tensor, n: int, hp: int, wp: int) -> Tens
 
     Patch-major (B, C_in): on the Table 10 shapes this product runs faster than the channel-major
     theta~^T G; the spread then reads each grid row at a stride of C_in. When G is itself a view of
-    patch-major memory (a chain's grids), oneDNN runs float32 convs on the CPU and the batch has many
+    patch-major memory (a chain's grids, and the patch sums :func:`patch_major_layout` keeps patch-major),
+    oneDNN runs float32 convs on the CPU and the batch has many
     patches, the product is a 1x1 conv on channels-last maps, which oneDNN runs faster than BLAS runs the
     matrix product (on few patches its fixed cost per call makes it slower).
 
