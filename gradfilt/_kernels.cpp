@@ -208,7 +208,8 @@ bool has_avx512() { return false; }
 constexpr Index kTile = 16;  // channels per patch-major tile: one 64-byte line of float32 per patch
 
 // out[q * ld + c] = tile[c * patches + q] for c < count, q < patches, in 4 x 4 blocks (SSE registers
-// for float32, in the baseline x86-64 instruction set) so that reads and writes go 4 values at a time.
+// for float32, in the baseline x86-64 instruction set: compiled wherever the x86 intrinsics are, the
+// GRADFILT_AVX512 guard) so that reads and writes go 4 values at a time.
 template <typename T>
 void transpose_tile(const T* tile, T* out, Index count, Index patches, Index ld) {
   Index c = 0;

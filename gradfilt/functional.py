@@ -296,9 +296,14 @@ def patch_major_layout(t: Tensor, groups: int) -> bool:
     return groups == 1 and _onednn(t)
 
 
-def _is_patch_major(m: Tensor) -> bool:
-    """A (C, B) matrix whose memory is (B, C): every patch's channels side by side."""
-    return m.stride(0) == 1 and m.stride(1) == m.shape[0]
+def _onednn_maps(*mats: Tensor) -> Optional[list[Tensor]]:
+    """(C, B) matrices as (1, C, 1, B) channels-last maps when oneDNN should run their product as a 1x1 conv:
+    all views of patch-major (B, C) memory, float32 on the CPU with oneDNN, and at least ``_ONEDNN_ROWS``
+    patches (below, its fixed cost per call loses to BLAS); else None."""
+    b = mats[0].shape[1]
+    if b < _ONEDNN_ROWS or not all(m.stride(0) == 1 and m.stride(1) == m.shape[0] and _onednn(m) for m in mats):
+        return None
+    return [m.T.view(1, 1, b, -1).permute(0, 3, 1, 2) for m in mats]
 
 
 def _grid_sums(x: Tensor, r: int, start: tuple[int, int], counts: tuple[int, int], patch_major: bool) -> Tensor:
@@ -407,7 +412,7 @@ def patch_grid_grads(g_sum: Tensor, x_sum: Optional[Tensor], weight: Optional[Te
     """Stages 2-3 of the collapsed backward: both gradients on the patch grid, from the patch sums of g_y.
 
     Every kernel collapses to one tap per stride phase, so with the B = N * Hp * Wp patches of
-    the batch as columns (channel-major, g~y as G: (C_out, B), x~ as X: (C_in, B)):
+    the batch as columns (g~y as G: (C_out, B), x~ as X: (C_in, B), channel-major or patch-major memory):
     grad_w[co, ci, :, :] = (G X^T)[co, ci], and grad_x~ = theta~^T G per phase pair, theta~ =
     the sum of the kernel taps that reach that phase (the whole kernel at stride 1); one GEMM
     each per group, all phases at once. grad_x~ comes out patch-major, (B, C_in), for ungrouped
@@ -533,11 +538,10 @@ def patch_major_grid(g: Tensor, theta: Tensor, n: int, hp: int, wp: int) -> Tens
     Returns:
         (N, C_in, 1, Hp, 1, Wp), a view of patch-major (B, C_in) memory.
     """
-    c_out, b = g.shape
-    if b >= _ONEDNN_ROWS and _is_patch_major(g) and _onednn(g):
-        rows = g.T.view(1, 1, b, c_out).permute(0, 3, 1, 2)  # (1, C_out, 1, B), channels-last
-        out = F.conv2d(rows, theta.T.contiguous().view(-1, c_out, 1, 1))  # (1, C_in, 1, B), channels-last
-        grid = out.permute(0, 2, 3, 1).reshape(b, -1)  # (B, C_in), a view
+    maps = _onednn_maps(g)
+    if maps is not None:
+        out = F.conv2d(maps[0], theta.T.contiguous()[:, :, None, None])  # (1, C_in, 1, B), channels-last
+        grid = out.permute(0, 2, 3, 1).reshape(g.shape[1], -1)  # (B, C_in), a view
     else:
         grid = torch.mm(g.T, theta)  # (B, C_in)
     return grid.view(n, hp, wp, -1).permute(0, 3, 1, 2)[:, :, None, :, None, :]  # (N, C_in, 1, Hp, 1, Wp)
@@ -551,10 +555,9 @@ def tap_grad(g: Tensor, x_sum: Tensor) -> Tensor:
     is the weight gradient of a 1x1 conv on channels-last maps, which oneDNN runs faster than BLAS runs
     the matrix product; otherwise the matrix product.
     """
-    c_out, b = g.shape
-    if b >= _ONEDNN_ROWS and _is_patch_major(g) and _is_patch_major(x_sum) and _onednn(g) and _onednn(x_sum):
-        maps = [m.T.view(1, 1, b, -1).permute(0, 3, 1, 2) for m in (g, x_sum)]  # (1, C, 1, B), channels-last
-        return conv2d_weight(maps[1], (c_out, x_sum.shape[0], 1, 1), maps[0]).view(c_out, -1)
+    maps = _onednn_maps(g, x_sum)
+    if maps is not None:
+        return conv2d_weight(maps[1], (g.shape[0], x_sum.shape[0], 1, 1), maps[0]).view(g.shape[0], -1)
     return torch.mm(g, x_sum.T)
 
 

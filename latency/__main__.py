@@ -36,11 +36,10 @@ from tqdm import tqdm
 from gradfilt import _native
 from gradfilt.cost import format_flops
 
-from .bench import (PARTS, THP_ENV, ConvCase, bench_case, bench_parts, bench_steps, huge_pages_mode,
+from .bench import (PARTS, THP_ENV, THP_SETTING, ConvCase, bench_case, bench_parts, bench_steps, huge_pages_mode,
                     keep_freed_memory, method_config, model_cases, parts_supported, table10_cases, takes_layers,
                     write_csv)
 
-_THP_HELP = "/sys/kernel/mm/transparent_hugepage/enabled"
 METHODS_DIR = Path(__file__).resolve().parents[1] / "configs" / "classification" / "methods"
 DEFAULT_METHODS = [METHODS_DIR / f"{name}.yaml" for name in ("vanilla", "r2_per_layer", "r2", "r4_per_layer", "r4")]
 
@@ -213,7 +212,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         mode = huge_pages_mode()
         if mode not in ("always", "madvise"):
             parser.error(f"--malloc hugepages: the kernel's transparent huge pages are '{mode}' here "
-                         f"({_THP_HELP}); they must be 'always' or 'madvise'")
+                         f"({THP_SETTING}); they must be 'always' or 'madvise'")
         # torch reads the variable once, at its first allocation: only a fresh process sees it
         child = [sys.executable, "-m", "latency", *(sys.argv[1:] if argv is None else argv)]
         return subprocess.call(child, env=os.environ | {THP_ENV: "1"})

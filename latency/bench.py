@@ -48,8 +48,9 @@ from gradfilt.methods import build_method, method_class
 from gradfilt.models import build_model
 from gradfilt.trace import LayerCall, trace_layers
 
-__all__ = ["ConvCase", "table10_cases", "model_cases", "keep_freed_memory", "huge_pages_mode", "THP_ENV", "time_rounds", "bench_case", "bench_parts",
-           "parts_supported", "PARTS", "bench_steps", "method_config", "with_layers", "write_csv"]
+__all__ = ["ConvCase", "table10_cases", "model_cases", "keep_freed_memory", "huge_pages_mode", "THP_ENV", "THP_SETTING",
+           "time_rounds", "bench_case", "bench_parts", "parts_supported", "PARTS", "bench_steps", "method_config",
+           "with_layers", "write_csv"]
 
 # Table 10 of the paper: (C_in, C_out, H, W), 3x3, stride 1, padding 1, batch 32
 TABLE10 = [(128, 128, 120, 160), (256, 256, 60, 80), (512, 512, 30, 40), (512, 512, 14, 14),
@@ -129,13 +130,13 @@ def keep_freed_memory() -> None:
 
 
 THP_ENV = "THP_MEM_ALLOC_ENABLE"  # torch's CPU allocator: madvise(MADV_HUGEPAGE) on large blocks when "1"
-_THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")  # the kernel's mode, the chosen one in []
 
 
 def huge_pages_mode() -> str:
     """The kernel's transparent huge page mode ("always", "madvise" or "never"), "unavailable" without one."""
     try:
-        text = _THP_SETTING.read_text()
+        text = THP_SETTING.read_text()
     except OSError:
         return "unavailable"
     chosen = [word[1:-1] for word in text.split() if word.startswith("[")]

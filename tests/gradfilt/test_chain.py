@@ -73,13 +73,11 @@ def test_gradients_equal_the_per_layer_filters(arch, layers, fold, blocks, patch
 
 @pytest.mark.parametrize("arch,layers,blocks", [("resnet18", 4, ["layer4.0", "layer4.1"]),
                                                 ("mobilenet_v2", 4, ["features.17", "features.18"])])
-def test_float32_gradients_match_the_per_layer_filters(arch, layers, blocks, monkeypatch):
-    """float32 (the grid products run as oneDNN 1x1 convs on the CPU, here at any batch size; the per-layer
-    filters as BLAS GEMMs)."""
-    from gradfilt import functional
-    monkeypatch.setattr(functional, "_ONEDNN_ROWS", 0)
+def test_float32_gradients_match_the_per_layer_filters(arch, layers, blocks, onednn_products):
+    """float32, the grid products of both set-ups as oneDNN 1x1 convs on the CPU (here at any batch size)."""
     report, _ = _compare(arch, True, dtype=torch.float32, tol=1e-5, layers=layers, patch_size=2)
     assert report.blocks == blocks and report.per_layer == {}
+    assert onednn_products  # the oneDNN products ran
 
 
 @pytest.mark.parametrize("device", DEVICES)

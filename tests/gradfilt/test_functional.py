@@ -431,13 +431,12 @@ def test_patch_grid_output_refuses_strided_convs():
 
 @pytest.mark.parametrize("patch_major", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_patch_major_grid_is_the_product_in_patch_major_memory(patch_major, dtype, monkeypatch):
-    """G^T theta~ for G as a view of patch-major memory (a 1x1 oneDNN conv for float32 on the CPU, here at any
-    batch size) and as channel-major memory (a BLAS product), against a float64 product; the result is a view
-    of (B, C_in)."""
+def test_patch_major_grid_is_the_product_in_patch_major_memory(patch_major, dtype, onednn_products):
+    """G^T theta~ and G X^T for G, X as views of patch-major memory (1x1 oneDNN convs for float32 on the CPU,
+    here at any batch size) and as channel-major memory (BLAS products), against float64 products; grad_x~ is
+    a view of (B, C_in)."""
     from gradfilt import functional
     from gradfilt.functional import patch_major_grid
-    monkeypatch.setattr(functional, "_ONEDNN_ROWS", 0)
     gen = torch.Generator().manual_seed(0)
     n, hp, wp, c_out, c_in = 3, 5, 4, 24, 40
     b = n * hp * wp
@@ -456,6 +455,7 @@ def test_patch_major_grid_is_the_product_in_patch_major_memory(patch_major, dtyp
     ref_w = g.double() @ x_sum.double().T
     assert grad_w.shape == (c_out, c_in)
     assert torch.allclose(grad_w.double(), ref_w, rtol=0, atol=tol * ref_w.abs().max())
+    assert onednn_products == ([1, 2] if patch_major and dtype == torch.float32 else [])
 
 
 @pytest.mark.parametrize("kernels", [True, False])
@@ -477,10 +477,9 @@ def test_patch_sums_are_patch_major_for_ungrouped_float32_convs(kernels, monkeyp
 
 
 @pytest.mark.parametrize("case", ["resnet 3x3", "3x3 r4 batch1", "valid padding", "3x3 stride2"])
-def test_float32_op_through_onednn_products(case, monkeypatch):
-    """The float32 op on the CPU with the oneDNN grid products taken at any batch size equals the float64 op."""
-    from gradfilt import functional
-    monkeypatch.setattr(functional, "_ONEDNN_ROWS", 0)
+def test_float32_op_through_onednn_products(case, onednn_products):
+    """The float32 op on the CPU with the oneDNN grid products taken at any batch size equals the float64 op
+    (stride 1: both products through oneDNN; strided x~ stays channel-major, so there neither)."""
     n, c_in, c_out, size, kernel, stride, padding, dilation, groups, bias, r = GENERAL[case]
     x, w, b, gy = make_case(n, c_in, c_out, size, kernel, stride, padding, dilation, groups, bias)
     x32, w32, _, gy32 = make_case(n, c_in, c_out, size, kernel, stride, padding, dilation, groups, bias,
@@ -489,3 +488,4 @@ def test_float32_op_through_onednn_products(case, monkeypatch):
     _, gx32, gw32, _ = run_filtered(x32, w32, None, gy32, stride, padding, dilation, groups, r)
     torch.testing.assert_close(gx32, gx.float(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gw32, gw.float(), rtol=1e-5, atol=1e-4)
+    assert sorted(onednn_products) == ([1, 2] if stride == (1, 1) else [])
