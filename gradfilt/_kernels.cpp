@@ -17,7 +17,8 @@
 //       sum of src[n, c, h, w] over h in [row_start + ph * r, row_start + (ph + 1) * r) and
 //       w in [col_start + pw * r, col_start + (pw + 1) * r), both clipped to the map
 //       (pixels outside it are zero padding).
-//   simd: allow the AVX-512 loops (float32, r = 4, patches from (0, 0)) when has_avx512().
+//   simd: allow the AVX-512 loops (float32, patches from (0, 0): r = 4, and r = 2 on rows of at least
+//     kStreamColumns columns) when has_avx512().
 //
 // spread(dtype, src, available, dst, planes, C, H, W, src_sn, src_sc, row_off, col_off, r, col, threads)
 //   dst: contiguous (N, C, H, W). dst[n, c, h, w] = src[n * src_sn + c * src_sc + row_off[h] + col_off[w]]
@@ -152,13 +153,52 @@ void pairs_plane(const T* __restrict plane, T* __restrict out, const PatchSumArg
   }
 }
 
+// Rows of at least this many columns are summed rows first (streaming_plane): the other loops read
+// the r rows of a patch row side by side, which on long rows ran at about half the speed of one forward
+// stream in benchmarks; on short rows they need fewer instructions and win.
+constexpr Index kStreamColumns = 64;
+
+// The sum of the run of m <= R values at p (m < R: the last run of a row, cut by the map's edge), as
+// a tree for R = 2 and 4, a missing value counting as a zero in its place (as the AVX-512 loops'
+// masked lanes do, so both give the same bits).
+template <typename T, int R>
+inline T run_sum(const T* p, Index m) {
+  if constexpr (R == 2)
+    return p[0] + (m > 1 ? p[1] : T(0));
+  else
+    return (p[0] + (m > 1 ? p[1] : T(0))) + ((m > 2 ? p[2] : T(0)) + (m > 3 ? p[3] : T(0)));
+}
+
+// One plane tiled by R x R patches from (0, 0) (R = 2 or 4; the last ones may be partial), rows first:
+// read row by row in memory order, each row's runs of R summed (run_sum), a patch row's rows added in
+// order ((h0 + h1) + h2) + h3 in acc (n_pw values), the last row's straight into out.
+template <typename T, int R>
+void streaming_plane(const T* __restrict plane, T* __restrict out, T* __restrict acc, const PatchSumArgs& a) {
+  const Index whole = a.W / R, tail = a.W - whole * R;
+  for (Index ph = 0; ph < a.n_ph; ++ph) {
+    const Index rows = std::min<Index>(R, a.H - ph * R);
+    for (Index k = 0; k < rows; ++k) {
+      const T* row = plane + (ph * R + k) * a.W;
+      T* dst = k == rows - 1 ? out + ph * a.n_pw : acc;
+      if (k == 0) {
+        for (Index j = 0; j < whole; ++j) dst[j] = run_sum<T, R>(row + j * R, R);
+        if (tail) dst[whole] = run_sum<T, R>(row + whole * R, tail);
+      } else {
+        for (Index j = 0; j < whole; ++j) dst[j] = acc[j] + run_sum<T, R>(row + j * R, R);
+        if (tail) dst[whole] = acc[whole] + run_sum<T, R>(row + whole * R, tail);
+      }
+    }
+  }
+}
+
 #ifdef GRADFILT_AVX512
 // AVX-512 patch sums of float32 maps tiled by 4 x 4 patches from (0, 0), chosen at run time
 // when the CPU has AVX-512F and the caller allows it (the tests compare both paths bit for
 // bit): per patch row, 16-lane column sums of its rows (masked loads; lanes past the row read
 // zeros), then neighbouring lanes summed in pairs and pairs of pairs, 32 columns per step.
-// The additions run in anchored_plane's order, so both paths give the same bits. Used for r = 4,
-// where it beat anchored_plane in A/B benchmarks; for r = 2 pairs_plane stays faster.
+// The additions run in anchored_plane's order, so both paths give the same bits. Used for r = 4 on
+// rows shorter than kStreamColumns, where it beat anchored_plane in A/B benchmarks; for r = 2
+// pairs_plane stays faster there.
 #define GRADFILT_AVX512_FN __attribute__((target("avx512f")))
 
 // The first n of 16 lanes (none when n <= 0).
@@ -197,6 +237,35 @@ GRADFILT_AVX512_FN void quads_plane_avx512(const float* plane, float* out, Index
   }
 }
 
+// streaming_plane for float32 (R = 2 or 4): 32 columns of a row per step (masked loads; lanes past
+// the row read zeros), neighbouring lanes summed in pairs (and for R = 4 pairs of pairs), rows added
+// in streaming_plane's order; acc holds n_pw + 16 values.
+template <int R>
+GRADFILT_AVX512_FN void streaming_plane_avx512(const float* plane, float* out, float* acc, Index H, Index W,
+                                               Index n_ph, Index n_pw) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  for (Index ph = 0; ph < n_ph; ++ph) {
+    const Index rows = std::min<Index>(R, H - R * ph);
+    for (Index k = 0; k < rows; ++k) {
+      const float* row = plane + (R * ph + k) * W;
+      float* dst = k == rows - 1 ? out + ph * n_pw : acc;
+      for (Index w0 = 0; w0 < W; w0 += 32) {
+        const __m512 lo = _mm512_maskz_loadu_ps(first_lanes(W - w0), row + w0);
+        const __m512 hi = _mm512_maskz_loadu_ps(first_lanes(W - w0 - 16), row + w0 + 16);
+        // runs[j] = columns (w0 + 2j) + (w0 + 2j + 1); for R = 4 then runs[2j] + runs[2j + 1], j < 8
+        __m512 runs = _mm512_add_ps(_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi));
+        if constexpr (R == 4)
+          runs = _mm512_add_ps(_mm512_permutexvar_ps(even, runs), _mm512_permutexvar_ps(odd, runs));
+        const Index j = w0 / R;
+        const __mmask16 m = first_lanes(std::min<Index>(n_pw - j, 32 / R));
+        if (k > 0) runs = _mm512_add_ps(_mm512_maskz_loadu_ps(m, acc + j), runs);
+        _mm512_mask_storeu_ps(dst + j, m, runs);
+      }
+    }
+  }
+}
+
 bool has_avx512() {
   static const bool has = __builtin_cpu_supports("avx512f");
   return has;
@@ -212,28 +281,29 @@ constexpr Index kTile = 16;  // channels per patch-major tile: one 64-byte line 
 // GRADFILT_AVX512 guard) so that reads and writes go 4 values at a time.
 template <typename T>
 void transpose_tile(const T* tile, T* out, Index count, Index patches, Index ld) {
-  Index c = 0;
+  Index q = 0;
 #ifdef GRADFILT_AVX512
   if constexpr (std::is_same_v<T, float>) {
-    for (; c + 4 <= count; c += 4) {
-      const float* r0 = tile + c * patches;
-      Index q = 0;
-      for (; q + 4 <= patches; q += 4) {
-        __m128 a0 = _mm_loadu_ps(r0 + q), a1 = _mm_loadu_ps(r0 + patches + q);
-        __m128 a2 = _mm_loadu_ps(r0 + 2 * patches + q), a3 = _mm_loadu_ps(r0 + 3 * patches + q);
+    // 4 patches at a time, all their channels: each patch's run of `count` values is written in one go
+    const Index c4 = count / 4 * 4;
+    for (; q + 4 <= patches; q += 4) {
+      for (Index c = 0; c < c4; c += 4) {
+        const float* r0 = tile + c * patches + q;
+        __m128 a0 = _mm_loadu_ps(r0), a1 = _mm_loadu_ps(r0 + patches);
+        __m128 a2 = _mm_loadu_ps(r0 + 2 * patches), a3 = _mm_loadu_ps(r0 + 3 * patches);
         _MM_TRANSPOSE4_PS(a0, a1, a2, a3);
         _mm_storeu_ps(out + q * ld + c, a0);
         _mm_storeu_ps(out + (q + 1) * ld + c, a1);
         _mm_storeu_ps(out + (q + 2) * ld + c, a2);
         _mm_storeu_ps(out + (q + 3) * ld + c, a3);
       }
-      for (; q < patches; ++q)
-        for (Index i = 0; i < 4; ++i) out[q * ld + c + i] = r0[i * patches + q];
+      for (Index i = 0; i < 4; ++i)
+        for (Index c = c4; c < count; ++c) out[(q + i) * ld + c] = tile[c * patches + q + i];
     }
   }
 #endif
-  for (; c < count; ++c)
-    for (Index q = 0; q < patches; ++q) out[q * ld + c] = tile[c * patches + q];
+  for (; q < patches; ++q)
+    for (Index c = 0; c < count; ++c) out[q * ld + c] = tile[c * patches + q];
 }
 
 // plane(src plane, out, acc) for every (n, c) plane of src. Channel-major: out is the plane's place
@@ -283,6 +353,28 @@ void patch_sums(const T* src, T* dst, const PatchSumArgs& a) {
   // patches tile the map from (0, 0), the last ones possibly partial
   const bool anchored = a.row_start == 0 && a.col_start == 0 && a.n_ph == (a.H + a.r - 1) / a.r &&
                         a.n_pw == (a.W + a.r - 1) / a.r;
+  if (anchored && (a.r == 2 || a.r == 4) && a.W >= kStreamColumns) {
+#ifdef GRADFILT_AVX512
+    if constexpr (std::is_same_v<T, float>) {
+      if (a.simd && has_avx512()) {
+        for_planes<float>(src, dst, a, a.n_pw + 16, [&](const float* plane, float* out, float* acc) {
+          if (a.r == 2)
+            streaming_plane_avx512<2>(plane, out, acc, a.H, a.W, a.n_ph, a.n_pw);
+          else
+            streaming_plane_avx512<4>(plane, out, acc, a.H, a.W, a.n_ph, a.n_pw);
+        });
+        return;
+      }
+    }
+#endif
+    for_planes<T>(src, dst, a, a.n_pw, [&](const T* plane, T* out, T* acc) {
+      if (a.r == 2)
+        streaming_plane<T, 2>(plane, out, acc, a);
+      else
+        streaming_plane<T, 4>(plane, out, acc, a);
+    });
+    return;
+  }
 #ifdef GRADFILT_AVX512
   if constexpr (std::is_same_v<T, float>) {
     if (anchored && a.r == 4 && a.simd && has_avx512()) {

@@ -77,26 +77,67 @@ def test_patch_major_sums_tile_many_channels(r, simd):
         assert major.permute(1, 2, 3, 0).is_contiguous()
 
 
-@needs_kernels
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_unrolled_pairs_add_in_the_order_of_the_row_loops(dtype):
-    # an even map takes the unrolled 2 x 2 loop, an odd one the row-sum loops: with one zero
-    # column added, the odd map's whole patches must come out bit for bit the same
-    x = torch.randn(3, 5, 10, 12, generator=torch.Generator().manual_seed(1), dtype=dtype)
-    even = _native.patch_sums(x, 2, (0, 0), (5, 6))
-    odd = _native.patch_sums(F.pad(x, [0, 1]), 2, (0, 0), (5, 7))
-    assert torch.equal(even, odd[..., :6])
-    assert torch.allclose(even, patch_sum(x, 2).transpose(0, 1))
-
-
 @pytest.mark.skipif(not _native.has_avx512(), reason="no AVX-512 on this CPU (or gradfilt._kernels not built)")
-@pytest.mark.parametrize("h,w", [(14, 14), (28, 28), (8, 16), (5, 33), (3, 70), (1, 1)])
-def test_avx512_patch_sums_give_the_bits_of_the_portable_loops(h, w):
+@pytest.mark.parametrize("r", [2, 4])
+@pytest.mark.parametrize("h,w", [(14, 14), (28, 28), (8, 16), (5, 33), (3, 70), (1, 1), (9, 161)])
+def test_avx512_patch_sums_give_the_bits_of_the_portable_loops(h, w, r):
     x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(2))
-    counts = (-(-h // 4), -(-w // 4))
-    fast = _native.patch_sums(x, 4, (0, 0), counts)
-    assert torch.equal(fast, _native.patch_sums(x, 4, (0, 0), counts, simd=False))
-    assert torch.allclose(fast, patch_sum(x, 4).transpose(0, 1), rtol=1e-5, atol=1e-5)
+    counts = (-(-h // r), -(-w // r))
+    fast = _native.patch_sums(x, r, (0, 0), counts)
+    assert torch.equal(fast, _native.patch_sums(x, r, (0, 0), counts, simd=False))
+    assert torch.allclose(fast, patch_sum(x, r).transpose(0, 1), rtol=1e-5, atol=1e-5)
+
+
+STREAM_COLUMNS = 64  # the kernels' kStreamColumns: from this row length on they sum rows first
+
+
+def _tree(parts):
+    """(p0 + p1) for two parts, (p0 + p1) + (p2 + p3) for four."""
+    return parts[0] + parts[1] if len(parts) == 2 else (parts[0] + parts[1]) + (parts[2] + parts[3])
+
+
+def _in_order(parts):
+    acc = parts[0]
+    for p in parts[1:]:
+        acc = acc + p
+    return acc
+
+
+def ordered_patch_sums(x, r):
+    """Patch sums of r in {2, 4} tiling x from (0, 0), added in the kernels' documented order. Rows of at
+    least STREAM_COLUMNS columns: every row's runs of r as a tree (a column past the map a zero in its place),
+    then a patch's rows in order ((h0 + h1) + h2) + h3. Shorter rows: columns first (a whole patch's r rows as
+    a tree, a partial one's in order), then the runs of column sums as a tree. Element-wise torch adds round
+    each sum alone, so the bits are determined."""
+    h, w = x.shape[2:]
+    nh, nw = -(-h // r), -(-w // r)
+    x = F.pad(x, [0, nw * r - w])  # zero columns: the trees' missing values
+    patch_rows = [x[:, :, ph * r: min((ph + 1) * r, h)] for ph in range(nh)]
+    if w >= STREAM_COLUMNS:
+        sums = [_in_order([_tree([rows[:, :, k, i::r] for i in range(r)]) for k in range(rows.shape[2])])
+                for rows in patch_rows]
+    else:
+        sums = []
+        for rows in patch_rows:
+            parts = [rows[:, :, k] for k in range(rows.shape[2])]
+            cols = _tree(parts) if len(parts) == r else _in_order(parts)  # (N, C, nw * r)
+            sums.append(_tree([cols[..., i::r] for i in range(r)]))
+    return torch.stack(sums, 2).transpose(0, 1)  # (C, N, nh, nw)
+
+
+@needs_kernels
+@pytest.mark.parametrize("simd", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("r", [2, 4])
+@pytest.mark.parametrize("h,w", [(10, 12), (14, 14), (7, 37), (9, 7), (1, 1), (3, 70), (6, 64), (5, 63), (9, 161)])
+def test_patch_sums_add_in_the_documented_order(h, w, r, dtype, simd):
+    """The same bits as ordered_patch_sums, on the portable loops and the AVX-512 ones, in both layouts
+    (whole and partial patches, short rows and rows streamed over several 32-column steps)."""
+    x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(h * w), dtype=dtype)
+    counts = (-(-h // r), -(-w // r))
+    expected = ordered_patch_sums(x, r)
+    for patch_major in (False, True):
+        assert torch.equal(_native.patch_sums(x, r, (0, 0), counts, simd=simd, patch_major=patch_major), expected)
 
 
 @needs_kernels
