@@ -335,8 +335,30 @@ void for_planes(const T* src, T* dst, const PatchSumArgs& a, Index acc_size, Pla
   }
 }
 
+// R > 0: patches tile the map from (0, 0) (anchored); R = 0: any patches (anchored says whether they do).
 template <typename T, int R>
 void patch_sums_with(const T* src, T* dst, const PatchSumArgs& a, bool anchored) {
+  if constexpr (R == 2 || R == 4) {
+    const bool stream = a.W >= kStreamColumns;
+#ifdef GRADFILT_AVX512
+    if constexpr (std::is_same_v<T, float>) {
+      if (a.simd && has_avx512() && (stream || R == 4)) {
+        for_planes<float>(src, dst, a, a.n_pw + 16, [&](const float* plane, float* out, float* acc) {
+          if (stream)
+            streaming_plane_avx512<R>(plane, out, acc, a.H, a.W, a.n_ph, a.n_pw);
+          else
+            quads_plane_avx512(plane, out, a.H, a.W, a.n_ph, a.n_pw);
+        });
+        return;
+      }
+    }
+#endif
+    if (stream) {
+      for_planes<T>(src, dst, a, a.n_pw,
+                    [&](const T* plane, T* out, T* acc) { streaming_plane<T, R>(plane, out, acc, a); });
+      return;
+    }
+  }
   const bool pairs = R == 2 && anchored && a.H % 2 == 0 && a.W % 2 == 0;
   for_planes<T>(src, dst, a, a.n_ph * a.W, [&](const T* plane, T* out, T* acc) {
     if (pairs)
@@ -353,38 +375,6 @@ void patch_sums(const T* src, T* dst, const PatchSumArgs& a) {
   // patches tile the map from (0, 0), the last ones possibly partial
   const bool anchored = a.row_start == 0 && a.col_start == 0 && a.n_ph == (a.H + a.r - 1) / a.r &&
                         a.n_pw == (a.W + a.r - 1) / a.r;
-  if (anchored && (a.r == 2 || a.r == 4) && a.W >= kStreamColumns) {
-#ifdef GRADFILT_AVX512
-    if constexpr (std::is_same_v<T, float>) {
-      if (a.simd && has_avx512()) {
-        for_planes<float>(src, dst, a, a.n_pw + 16, [&](const float* plane, float* out, float* acc) {
-          if (a.r == 2)
-            streaming_plane_avx512<2>(plane, out, acc, a.H, a.W, a.n_ph, a.n_pw);
-          else
-            streaming_plane_avx512<4>(plane, out, acc, a.H, a.W, a.n_ph, a.n_pw);
-        });
-        return;
-      }
-    }
-#endif
-    for_planes<T>(src, dst, a, a.n_pw, [&](const T* plane, T* out, T* acc) {
-      if (a.r == 2)
-        streaming_plane<T, 2>(plane, out, acc, a);
-      else
-        streaming_plane<T, 4>(plane, out, acc, a);
-    });
-    return;
-  }
-#ifdef GRADFILT_AVX512
-  if constexpr (std::is_same_v<T, float>) {
-    if (anchored && a.r == 4 && a.simd && has_avx512()) {
-      for_planes<float>(src, dst, a, 0, [&](const float* plane, float* out, float*) {
-        quads_plane_avx512(plane, out, a.H, a.W, a.n_ph, a.n_pw);
-      });
-      return;
-    }
-  }
-#endif
   if (anchored && a.r == 2)
     patch_sums_with<T, 2>(src, dst, a, true);
   else if (anchored && a.r == 4)

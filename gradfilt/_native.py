@@ -21,7 +21,7 @@ try:
 except ImportError:
     _kernels = None
 
-__all__ = ["available", "usable", "has_avx512", "patch_sums", "spread", "kernel_sums", "repeat_taps"]
+__all__ = ["available", "usable", "has_avx512", "empty_sums", "patch_sums", "spread", "kernel_sums", "repeat_taps"]
 
 _DTYPES = {torch.float32: 0, torch.float64: 1}
 
@@ -46,6 +46,15 @@ def _check(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def empty_sums(n: int, c: int, counts: tuple[int, int], dtype: torch.dtype, device: torch.device,
+               patch_major: bool) -> Tensor:
+    """Uninitialised patch sums of an (N, C, H, W) map, indexed (C, N, counts[0], counts[1]): contiguous
+    (channel-major), or with ``patch_major`` a permuted view of contiguous (N, counts[0], counts[1], C)."""
+    if patch_major:
+        return torch.empty(n, *counts, c, dtype=dtype, device=device).permute(3, 0, 1, 2)
+    return torch.empty(c, n, *counts, dtype=dtype, device=device)
+
+
 def patch_sums(x: Tensor, patch_size: int, start: tuple[int, int], counts: tuple[int, int],
                simd: bool = True, patch_major: bool = False) -> Tensor:
     """Patch sums of ``x``, laid out for one GEMM over the batch.
@@ -68,10 +77,7 @@ def patch_sums(x: Tensor, patch_size: int, start: tuple[int, int], counts: tuple
     _check(usable(x) and x.dim() == 4 and x.is_contiguous(), "patch_sums needs a contiguous 4-D CPU float tensor")
     _check(patch_size >= 1 and min(counts) >= 0, f"bad patch_size {patch_size} or counts {counts}")
     n, c, h, w = x.shape
-    if patch_major:
-        out = torch.empty(n, *counts, c, dtype=x.dtype).permute(3, 0, 1, 2)  # (C, N, nh, nw) view
-    else:
-        out = torch.empty(c, n, *counts, dtype=x.dtype)  # (C, N, nh, nw)
+    out = empty_sums(n, c, counts, x.dtype, x.device, patch_major)  # (C, N, nh, nw)
     if out.numel():
         p = counts[0] * counts[1]
         _kernels.patch_sums(_DTYPES[x.dtype], x.data_ptr(), out.data_ptr(), n * c, c, h, w, patch_size,

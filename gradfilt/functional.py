@@ -316,22 +316,17 @@ def _grid_sums(x: Tensor, r: int, start: tuple[int, int], counts: tuple[int, int
     if _native.usable(x):
         return _native.patch_sums(x, r, start, counts, patch_major=patch_major)
     n, c, h, w = x.shape
+    out = _native.empty_sums(n, c, counts, x.dtype, x.device, patch_major)  # (C, N, nh, nw)
     pads = [-start[1], start[1] + counts[1] * r - w, -start[0], start[0] + counts[0] * r - h]
     if not any(pads) and x.numel() * x.element_size() // r <= _SMALL_BYTES:
         # strided adds win while their (N, C, H, W / r) intermediate is small; the last ones write the layout
-        if patch_major:
-            out = torch.empty(n, *counts, c, dtype=x.dtype, device=x.device).permute(3, 0, 1, 2)  # (C, N, nh, nw)
-        else:
-            out = torch.empty(c, n, *counts, dtype=x.dtype, device=x.device)  # (C, N, nh, nw)
         _fast_patch_sum(x, r, out.transpose(0, 1))
         return out
     if start == (0, 0) and counts == (-(-h // r), -(-w // r)):
         sums = patch_sum(x, r)  # patches tile the map from (0, 0): avg_pool2d's ceil mode clips the last ones
     else:
         sums = patch_sum(F.pad(x, pads), r)  # negative pads crop, positive ones add zeros
-    if patch_major:
-        return sums.permute(0, 2, 3, 1).contiguous().permute(3, 0, 1, 2)  # (C, N, nh, nw) view
-    return sums.transpose(0, 1).contiguous()  # (C, N, nh, nw)
+    return out.copy_(sums.transpose(0, 1))
 
 
 @functools.lru_cache(maxsize=256)

@@ -431,10 +431,10 @@ def _gemms(case: ConvCase, batch: int, out_size: Sequence[int], patch_size: int,
     b = batch * hp * wp  # patches in the batch
     theta = torch.randn(g, co, ci, device=device)  # (G, C_out / G, C_in / G)
     if g == 1 and case.stride == 1:
+        major = patch_major_layout(theta, 1)  # the layout of the op's sums of float32 maps on this device
+
         def operand(channels: int) -> torch.Tensor:  # (C, B), laid out as the op's patch sums
-            if patch_major_layout(theta, 1):
-                return torch.randn(b, channels, device=device).T
-            return torch.randn(channels, b, device=device)
+            return torch.randn(b, channels, device=device).T if major else torch.randn(channels, b, device=device)
 
         grad, x_sum = operand(co), operand(ci)
 
