@@ -16,7 +16,8 @@ residual add both branches get the same gradient; a mask applied to a value with
 kept pending until a conv reads it.
 
 :class:`PatchGridBlock` swaps a known block (ResNet BasicBlock / Bottleneck, MobileNetV2
-InvertedResidual, MCUNetBlock, Conv2dNormActivation) for a module with the same children (the
+InvertedResidual, MCUNetBlock, torchvision's Conv2dNormActivation and mmcv's ConvModule, also as the layers of
+another block: MMSegmentation's MobileNetV2) for a module with the same children (the
 same parameter names) whose forward runs the block's own layers in its own order - the output
 is the block's, bit for bit, checked at install time - inside one autograd Function. Forward
 keeps x~ (patch sums of the input) for every filtered trained conv, the full input only for
@@ -295,12 +296,13 @@ class _Program:
     nodes: list[_Node] = field(default_factory=list)
 
     def layer(self, path: str, module: Optional[nn.Module], src: int) -> int:
-        """Append ``module`` (a conv, BatchNorm, activation, Identity or None, or a Sequential of them) reading
-        value ``src``; returns the value it writes."""
+        """Append ``module`` (a conv, BatchNorm, activation, Identity or None, or a Sequential or mmcv ConvModule
+        of them) reading value ``src``; returns the value it writes."""
         if module is None:
             return src
-        if isinstance(module, nn.Sequential):
-            for name, child in module.named_children():
+        steps = _steps(path, module)
+        if steps is not None:
+            for name, child in steps:
                 src = self.layer(_join(path, name), child, src)
             return src
         problem = _layer_problem(path, module)
@@ -312,6 +314,26 @@ class _Program:
     def add(self, a: int, b: int) -> int:
         self.nodes.append(_Node("add", "", (a, b)))
         return len(self.nodes)
+
+
+def _steps(path: str, module: nn.Module) -> Optional[list[tuple[str, nn.Module]]]:
+    """The (child name, layer) steps of a container layer, in the order it runs them: a Sequential's children, or
+    an mmcv ``ConvModule``'s (MMSegmentation's conv-norm-act) conv, norm and activation in its ``order``; None for
+    any other module."""
+    if isinstance(module, nn.Sequential):
+        return list(module.named_children())
+    if type(module).__name__ != "ConvModule":
+        return None
+    where = path or "the block"
+    if module.with_explicit_padding:
+        raise _Unsupported(f"{where}: ConvModule pads with a {type(module.padding_layer).__name__} layer "
+                           f"(integer zero padding only)")
+    if getattr(module, "efficient_conv_bn_eval_forward", None) is not None:
+        raise _Unsupported(f"{where}: ConvModule runs its BatchNorm fused into the conv (efficient_conv_bn_eval)")
+    steps = {"conv": ("conv", module.conv),
+             "norm": (module.norm_name, module.norm) if module.with_norm else None,
+             "act": ("activate", module.activate) if module.with_activation else None}
+    return [steps[step] for step in module.order if steps[step] is not None]
 
 
 def _program(block: nn.Module) -> _Program:
@@ -387,7 +409,8 @@ register_chain_block("InvertedResidual")(_inverted("use_res_connect"))  # torchv
 register_chain_block("MCUNetBlock")(_inverted("residual"))
 
 
-@register_chain_block("Conv2dNormActivation")
+@register_chain_block("Conv2dNormActivation")  # torchvision
+@register_chain_block("ConvModule")  # mmcv (MMSegmentation's heads and backbones)
 def _conv_norm_act(block: nn.Module) -> _Program:
     p = _Program()
     p.layer("", block, 0)

@@ -12,8 +12,9 @@ filtered configs: each method takes the keys its signature names (``vanilla`` ta
 ``freeze``; ``gradient_filter`` also takes ``filter_install``); keys given in ``method`` win.
 Without ``method`` every parameter trains.
 
-The method is applied in :meth:`MethodRunner.build_model`, right after the segmentor is built
-and before anything else sees it: before the model is wrapped for distributed training (so
+The method is applied in :meth:`MethodRunner.build_model`, right after the segmentor is built and
+initialized (its modules' own ``init_weights``, which ``train()`` then does not run again) and
+before anything else sees it: before the model is wrapped for distributed training (so
 DistributedDataParallel registers exactly the trainable parameters), before checkpoint loading
 (``load_from`` fills the same Parameter objects), and before the optimizer is built. Every check
 runs before the first change. The method's ``before_backward`` / ``after_backward`` hooks run
@@ -159,15 +160,22 @@ class MethodRunner(Runner):
 
     def build_model(self, model):
         model = super().build_model(model)
-        if self.cfg.get("fuse_bn"):
-            if hasattr(model, "init_weights"):  # now: train() must not re-initialize what is set up below
+        if self.cfg.get("fuse_bn") or self.cfg.get("method") is not None:
+            # initialized now, before BatchNorm is folded or the method swaps modules (filters, patch-grid blocks
+            # that stand in for mmcv's ConvModules, whose init_weights initializes their convs); train() must not
+            # initialize the changed model again
+            if hasattr(model, "init_weights"):
                 model.init_weights()
             self._weights_ready = True
+        if self.cfg.get("fuse_bn"):
             self._fold_bn(model)
         self.method = apply_method(model, self.cfg)
         if self.method is not None:
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             self.logger.info(f"method {self.method.tag}: {trainable:,} trainable parameters")
+            summary = self.method.summary()
+            if summary:
+                self.logger.info(f"method {self.method.tag}:\n{summary}")
         return model
 
     _weights_ready = False
@@ -181,8 +189,8 @@ class MethodRunner(Runner):
 
     def _fold_bn(self, model) -> None:
         """``fuse_bn = True``: fold BatchNorm into the convs (sparse update and TinyTL train the folded
-        biases). The statistics must be those of the weights the run starts from, so the weights are
-        initialized and ``load_from`` is loaded here, before folding, and neither happens again in
+        biases). The statistics must be those of the weights the run starts from, so ``load_from`` is
+        loaded here (after the initialization in ``build_model``), before folding, and not again in
         ``train()``; a resumed run's checkpoints are already folded and load as usual."""
         if self._load_from is not None and not self._resume:
             from mmengine.runner import load_checkpoint

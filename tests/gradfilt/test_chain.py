@@ -223,3 +223,55 @@ def test_installing_again_changes_nothing():
     report = install_patch_grid(model, x[:1])
     assert report.blocks == [] and report.per_layer == {}
     assert {name: type(m) for name, m in model.named_modules()} == before
+
+
+def _conv_module_head(norm: bool = True, **first) -> nn.Module:
+    """A small segmentation-style head of mmcv ConvModules: 3x3 ReLU, 3x3 dilated ReLU6, 1x1, then a classifier."""
+    conv_module = pytest.importorskip("mmcv.cnn").ConvModule
+    norm_cfg = dict(type="BN") if norm else None
+    torch.manual_seed(0)
+    return nn.Sequential(
+        conv_module(8, 16, 3, padding=1, norm_cfg=norm_cfg, **first),
+        conv_module(16, 16, 3, padding=2, dilation=2, norm_cfg=norm_cfg, act_cfg=dict(type="ReLU6")),
+        conv_module(16, 12, 1, norm_cfg=norm_cfg),
+        nn.Conv2d(12, 5, 1)).double()
+
+
+@pytest.mark.parametrize("norm", [True, False])
+@pytest.mark.parametrize("patch_size", [2, 4])
+def test_mmcv_conv_modules_equal_the_per_layer_filters(norm, patch_size):
+    """mmcv's ConvModule (MMSegmentation's conv-norm-act) with frozen BatchNorm: every one runs on the patch grid
+    with the per-layer gradients (float64), and its parameter names do not change."""
+    x = torch.randn(2, 8, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    target = torch.randint(0, 5, (2, 12, 12), generator=torch.Generator().manual_seed(2))
+    grads, names = {}, {}
+    for grid in (False, True):
+        model = _conv_module_head(norm)
+        method = GradientFilter(freeze=["", "~0.conv", "~1.conv", "~2.conv", "~3"], patch_grid=grid,
+                                filter_install=[{"path": str(i), "patch_size": patch_size, "type": "cbr"}
+                                                for i in range(3)])
+        method.apply(model, x[:1])
+        names[grid] = list(model.state_dict())
+        model.train().zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), target).backward()
+        grads[grid] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert method.patch_grid_report.blocks == ["0", "1", "2"] and method.patch_grid_report.per_layer == {}
+    assert all(isinstance(model[i], PatchGridBlock) for i in range(3)) and names[True] == names[False]
+    ref, got = grads[False], grads[True]
+    assert sorted(got) == sorted(ref) == sorted(f"{i}.conv.{p}" for i in range(3) for p in
+                                                ("weight",) + (() if norm else ("bias",))) + ["3.bias", "3.weight"]
+    for name in ref:
+        assert torch.allclose(got[name], ref[name], rtol=0, atol=1e-12 * ref[name].abs().max()), name
+
+
+@pytest.mark.parametrize("kwargs,freeze,why", [
+    ({}, "~0", "bn: the BatchNorm trains its affine parameters"),
+    (dict(padding_mode="reflect"), "~0.conv", "the block: ConvModule pads with a ReflectionPad2d layer"),
+    (dict(efficient_conv_bn_eval=True), "~0.conv", "the block: ConvModule runs its BatchNorm fused into the conv"),
+])
+def test_conv_modules_that_cannot_run_on_the_patch_grid_say_why(kwargs, freeze, why):
+    model = _conv_module_head(**kwargs)
+    GradientFilter(freeze=["", freeze, "~3"], patch_grid=False,
+                   filter_install=[{"path": "0", "patch_size": 2, "type": "cbr"}]).apply(model, torch.zeros(1, 8, 8, 8))
+    report = install_patch_grid(model.train(), torch.zeros(1, 8, 8, 8, dtype=torch.float64))
+    assert report.blocks == [] and report.per_layer["0.conv"].startswith(f"ConvModule '0': {why}")

@@ -79,3 +79,35 @@ def test_methods_the_runner_cannot_drive_are_refused_by_name():
     with pytest.raises(ValueError, match=r"method dyn-rotation-u0.02-1MB: per-step parameter moves \(start_step\), "
                                          r"calibration on training batches is not supported by the segmentation"):
         configured_method(cfg)
+
+
+def test_mmseg_blocks_with_frozen_batchnorm_equal_the_per_layer_filters():
+    """DeepLabV3 on MMSegmentation's MobileNetV2 (filter-10L), BatchNorms frozen: the InvertedResiduals (built of
+    mmcv ConvModules) and the head's ConvModules run on the patch grid with the per-layer gradients (float64)."""
+    import torch
+
+    cfg = load_config(str(CONFIGS / "voc12aug" / "deeplabv3_m-v2-d8_1xb8-20k_voc12aug-512x512_filter10l.py"))
+    specs = cfg.layer_list.filter_install
+    assert {spec["type"] for spec in specs} == {"cbr"}
+    frozen_bn = ["", "~decode_head.conv_seg", *(f"~{spec['path']}.conv" for spec in specs)]
+    x = torch.randn(2, 3, 96, 96, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    target = torch.randint(0, 21, (2, 12, 12), generator=torch.Generator().manual_seed(1))
+    grads, reports = {}, {}
+    for grid in (False, True):
+        torch.manual_seed(0)
+        net = _build(cfg).double()
+        net.init_weights()
+        method = GradientFilter(freeze=frozen_bn, filter_install=list(specs), patch_grid=grid)
+        method.apply(net, x[:1])
+        reports[grid] = method.patch_grid_report
+        net.train().zero_grad(set_to_none=True)
+        logits = net.decode_head(net.extract_feat(x))  # (2, 21, 12, 12): stride 8
+        torch.nn.functional.cross_entropy(logits, target).backward()
+        grads[grid] = {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
+    assert sorted(reports[True].blocks) == sorted(["backbone.layer6.2", "backbone.layer7.0", "decode_head.bottleneck",
+                                                   *(f"decode_head.aspp_modules.{i}" for i in range(4))])
+    assert reports[True].per_layer == {}
+    ref, got = grads[False], grads[True]
+    assert sorted(got) == sorted(ref) and len(ref) == 2 + len(specs)  # the classifier's weight and bias, the convs
+    for name in ref:
+        assert torch.allclose(got[name], ref[name], rtol=0, atol=1e-12 * ref[name].abs().max()), name

@@ -238,3 +238,26 @@ def test_fmnist_seg_script_runs_shortened(fmnist_root, tmp_path):
     assert done.stdout.count("| deeplabv3_r18-d8_1xb8-300_fmnistseg-64x64") == 4
     assert (tmp_path / "work" / "report.csv").is_file()
     assert not list((tmp_path / "work").rglob("iter_300.pth"))
+
+
+def test_patch_grid_conv_modules_start_from_the_models_own_initialization(tmp_path):
+    """With frozen BatchNorm the filtered ConvModules of the DeepLabV3 head run on the patch grid; they are swapped
+    when the model is built, before training starts, and still start from the weights the per-layer set-up starts
+    from (mmseg initializes a ConvModule's conv in the ConvModule's own ``init_weights``)."""
+    from segmentation.train import build_runner, load_config
+
+    convs = ["decode_head.bottleneck.conv"] + [f"decode_head.aspp_modules.{i}.conv" for i in range(4)]
+    states, blocks = {}, {}
+    for grid in (False, True):
+        frozen_bn = ["", "~decode_head.conv_seg", *(f"~{c}" for c in convs)]  # the BatchNorms stay frozen
+        cfg = load_config(str(CFG / f"{DEEPLAB}_filter5l.py"), work_dir=str(tmp_path / str(grid)),
+                          cfg_options={"layer_list.freeze": frozen_bn, "method.patch_grid": grid})
+        runner = build_runner(cfg)
+        runner._init_model_weights()
+        states[grid] = runner.model.state_dict()
+        blocks[grid] = runner.method.patch_grid_report and runner.method.patch_grid_report.blocks
+    assert blocks[False] is None and sorted(blocks[True]) == sorted(c.rsplit(".", 1)[0] for c in convs)
+    assert list(states[True]) == list(states[False])
+    assert all(torch.equal(states[True][k], states[False][k]) for k in states[False])
+    log = "".join(p.read_text() for p in (tmp_path / "True").glob("*/*.log"))
+    assert "patch-grid backward: decode_head.aspp_modules.0, " in log
