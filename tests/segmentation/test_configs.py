@@ -81,15 +81,19 @@ def test_methods_the_runner_cannot_drive_are_refused_by_name():
         configured_method(cfg)
 
 
-def test_mmseg_blocks_with_frozen_batchnorm_equal_the_per_layer_filters():
-    """DeepLabV3 on MMSegmentation's MobileNetV2 (filter-10L), BatchNorms frozen: the InvertedResiduals (built of
-    mmcv ConvModules) and the head's ConvModules run on the patch grid with the per-layer gradients (float64)."""
+@pytest.mark.parametrize("model,backbone_blocks", [("deeplabv3_m-v2-d8", ["backbone.layer6.2", "backbone.layer7.0"]),
+                                                    ("deeplabv3_r18-d8", ["backbone.layer4.0", "backbone.layer4.1"])])
+def test_mmseg_blocks_with_frozen_batchnorm_equal_the_per_layer_filters(model, backbone_blocks):
+    """DeepLabV3 filter-10L on MMSegmentation's MobileNetV2 and ResNet-18 (dilated: d8), BatchNorms frozen: the
+    backbone's InvertedResiduals (built of mmcv ConvModules) or BasicBlocks and the head's ConvModules run on the
+    patch grid with the per-layer gradients (float64)."""
     import torch
 
-    cfg = load_config(str(CONFIGS / "voc12aug" / "deeplabv3_m-v2-d8_1xb8-20k_voc12aug-512x512_filter10l.py"))
+    cfg = load_config(str(CONFIGS / "voc12aug" / f"{model}_1xb8-20k_voc12aug-512x512_filter10l.py"))
     specs = cfg.layer_list.filter_install
-    assert {spec["type"] for spec in specs} == {"cbr"}
-    frozen_bn = ["", "~decode_head.conv_seg", *(f"~{spec['path']}.conv" for spec in specs)]
+    convs = [spec["path"] + (".conv" if spec["type"] == "cbr" else "") for spec in specs]
+    assert {spec["type"] for spec in specs} <= {"cbr", "conv"}
+    frozen_bn = ["", "~decode_head.conv_seg", *(f"~{conv}" for conv in convs)]
     x = torch.randn(2, 3, 96, 96, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     target = torch.randint(0, 21, (2, 12, 12), generator=torch.Generator().manual_seed(1))
     grads, reports = {}, {}
@@ -104,7 +108,7 @@ def test_mmseg_blocks_with_frozen_batchnorm_equal_the_per_layer_filters():
         logits = net.decode_head(net.extract_feat(x))  # (2, 21, 12, 12): stride 8
         torch.nn.functional.cross_entropy(logits, target).backward()
         grads[grid] = {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
-    assert sorted(reports[True].blocks) == sorted(["backbone.layer6.2", "backbone.layer7.0", "decode_head.bottleneck",
+    assert sorted(reports[True].blocks) == sorted([*backbone_blocks, "decode_head.bottleneck",
                                                    *(f"decode_head.aspp_modules.{i}" for i in range(4))])
     assert reports[True].per_layer == {}
     ref, got = grads[False], grads[True]
