@@ -12,6 +12,7 @@ patch grid and why the other filtered convs do not).
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Optional, Sequence
 
@@ -22,7 +23,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from gradfilt import GradientFilter
 from gradfilt.cost import format_bytes, measure
 
-from .runner import configured_method, example_input
+from .runner import apply_method, configured_method, example_input
 from .train import load_config, parse_args
 
 __all__ = ["main", "measure_setups"]
@@ -48,26 +49,24 @@ def measure_setups(cfg, batch: int, size: tuple[int, int], frozen_bn: bool = Fal
                          f"is {method.tag if method else 'none'}")
     if batch < 1 or min(size) < 1:
         raise ValueError(f"--batch and --image-size must be at least 1, got {batch} and {size}")
-    spec = dict(cfg.method)
+    cfg = copy.deepcopy(cfg)  # the setups change its method and layer list
     init_default_scope(cfg.get("default_scope", "mmseg"))
     MMLogger.get_current_instance().setLevel(logging.WARNING)  # not mmengine's line per initialized parameter
     if frozen_bn:
         bns = [name for name, m in MODELS.build(cfg.model).named_modules() if isinstance(m, _BatchNorm)]
         cfg.layer_list = {**cfg.layer_list, "freeze": [*cfg.layer_list.get("freeze", [""]), *bns]}
-    methods = {"vanilla": dict(type="vanilla"), "per-layer filters": {**spec, "patch_grid": False},
-               "patch-grid filters": {**spec, "patch_grid": True}}
+    spec = dict(cfg.method)
     x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
     out, report = {}, ""
-    for setup, method_cfg in methods.items():
-        cfg.method = method_cfg
-        method = configured_method(cfg)  # the config's layer_list, taken as the method's signature allows
+    for setup, method_cfg in zip(SETUPS, (dict(type="vanilla"), {**spec, "patch_grid": False},
+                                          {**spec, "patch_grid": True})):
+        cfg.method = method_cfg  # each takes the config's layer_list as its signature allows
         torch.manual_seed(0)
         net = MODELS.build(cfg.model)
-        net.init_weights()
-        method.apply(net, x[:1])
+        net.init_weights()  # as MethodRunner.build_model: initialized, then the method applied
+        method = apply_method(net, cfg)
         out[setup] = measure(_Logits(net).train(), x)
         report = method.summary() or report
-    cfg.method = spec
     return out, report
 
 
