@@ -5,8 +5,9 @@ The bytes autograd really keeps for one training forward of a gradient-filter co
 layers, for the per-layer filters (``patch_grid=False``) and for the patch-grid filters (the
 default), each storage counted once, parameters excluded (:func:`gradfilt.cost.measure`), split
 by the layer type that saved it. The paper's convention counts conv inputs only; this is what a
-device holds. ``--frozen-bn`` freezes every BatchNorm the config's layers would train (the patch-grid
-blocks need frozen BatchNorms). Ends with the method's patch-grid report (which blocks run on the
+device holds. A config with ``fuse_bn = True`` is measured with its BatchNorms folded, as it trains.
+``--frozen-bn`` freezes every BatchNorm the config's layers would train (the patch-grid blocks need
+frozen BatchNorms). Ends with the method's patch-grid report (which blocks run on the
 patch grid and why the other filtered convs do not).
 """
 
@@ -23,7 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from gradfilt import GradientFilter
 from gradfilt.cost import format_bytes, measure
 
-from .runner import apply_method, configured_method, example_input
+from .runner import apply_method, configured_method, example_input, fold_batchnorm
 from .train import load_config, parse_args
 
 __all__ = ["main", "measure_setups"]
@@ -52,8 +53,17 @@ def measure_setups(cfg, batch: int, size: tuple[int, int], frozen_bn: bool = Fal
     cfg = copy.deepcopy(cfg)  # the setups change its method and layer list
     init_default_scope(cfg.get("default_scope", "mmseg"))
     MMLogger.get_current_instance().setLevel(logging.WARNING)  # not mmengine's line per initialized parameter
+
+    def prepared() -> nn.Module:  # as MethodRunner.build_model: initialized, BatchNorm folded if the config says so
+        torch.manual_seed(0)
+        net = MODELS.build(cfg.model)
+        net.init_weights()
+        if cfg.get("fuse_bn"):
+            fold_batchnorm(net, cfg)
+        return net
+
     if frozen_bn:
-        bns = [name for name, m in MODELS.build(cfg.model).named_modules() if isinstance(m, _BatchNorm)]
+        bns = [name for name, m in prepared().named_modules() if isinstance(m, _BatchNorm)]
         cfg.layer_list = {**cfg.layer_list, "freeze": [*cfg.layer_list.get("freeze", [""]), *bns]}
     spec = dict(cfg.method)
     x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
@@ -61,10 +71,8 @@ def measure_setups(cfg, batch: int, size: tuple[int, int], frozen_bn: bool = Fal
     for setup, method_cfg in zip(SETUPS, (dict(type="vanilla"), {**spec, "patch_grid": False},
                                           {**spec, "patch_grid": True})):
         cfg.method = method_cfg  # each takes the config's layer_list as its signature allows
-        torch.manual_seed(0)
-        net = MODELS.build(cfg.model)
-        net.init_weights()  # as MethodRunner.build_model: initialized, then the method applied
-        method = apply_method(net, cfg)
+        net = prepared()
+        method = apply_method(net, cfg)  # then the method, as the runner applies it
         out[setup] = measure(_Logits(net).train(), x)
         report = method.summary() or report
     return out, report

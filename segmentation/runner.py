@@ -48,7 +48,7 @@ from torch import nn
 from gradfilt.fuse import fuse_bn
 from gradfilt.methods import Method, build_method, method_class
 
-__all__ = ["MethodRunner", "LAYER_LIST_KEYS", "configured_method", "apply_method", "example_input",
+__all__ = ["MethodRunner", "LAYER_LIST_KEYS", "configured_method", "apply_method", "example_input", "fold_batchnorm",
            "repair_work_dir"]
 
 LAYER_LIST_KEYS = ("layers", "freeze", "filter_install")
@@ -111,6 +111,16 @@ def apply_method(model: nn.Module, cfg) -> Optional[Method]:
     if method is not None:
         method.apply(model, example_input(cfg))
     return method
+
+
+def fold_batchnorm(model: nn.Module, cfg) -> int:
+    """Fold the segmentor's BatchNorms into their convs (:func:`gradfilt.fuse.fuse_bn`, traced on a random batch
+    of two images at the config's crop size), keeping its train/eval flag; returns how many were folded."""
+    training = model.training
+    batch = torch.randn(2, *example_input(cfg).shape[1:], generator=torch.Generator().manual_seed(0))
+    pairs = fuse_bn(model.eval(), batch)
+    model.train(training)
+    return len(pairs)
 
 
 def _checkpoint_order(path: Path) -> tuple[int, float]:
@@ -198,11 +208,7 @@ class MethodRunner(Runner):
             load_checkpoint(model, self._load_from, map_location="cpu", logger=self.logger)
             self.logger.info(f"loaded {self._load_from} before folding BatchNorm into the convs")
             self._load_from = None
-        training = model.training
-        batch = torch.randn(2, *example_input(self.cfg).shape[1:], generator=torch.Generator().manual_seed(0))
-        pairs = fuse_bn(model.eval(), batch)
-        model.train(training)
-        self.logger.info(f"folded {len(pairs)} BatchNorm layers into their convs")
+        self.logger.info(f"folded {fold_batchnorm(model, self.cfg)} BatchNorm layers into their convs")
 
     def train(self):
         if is_main_process():

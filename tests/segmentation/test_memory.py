@@ -29,6 +29,14 @@ def test_trained_batchnorms_keep_the_per_layer_bytes_and_frozen_ones_let_the_pat
     assert grid["total"] == grid["conv"] + grid["activation"] + grid["other"]
 
 
+def test_a_config_that_folds_batchnorm_is_measured_folded(capsys):
+    saved = main([FILTER5L, "--batch", "2", "--cfg-options", "fuse_bn=True"])
+    assert "patch-grid backward: decode_head.aspp_modules.0, " in capsys.readouterr().out
+    assert all(values["batchnorm"] == 0 for values in saved.values())  # folded into the convs, as training runs
+    grid, per_layer = saved["patch-grid filters"], saved["per-layer filters"]
+    assert grid["activation"] * 32 == per_layer["activation"] == saved["vanilla"]["activation"]
+
+
 def test_a_config_without_filters_is_refused():
     with pytest.raises(ValueError, match="compares the filters of a gradient_filter config; this config's method "
                                          "is vanilla"):
