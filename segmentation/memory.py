@@ -62,8 +62,9 @@ def measure_setups(cfg, batch: int, size: tuple[int, int], frozen_bn: bool = Fal
             fold_batchnorm(net, cfg)
         return net
 
+    net = prepared()  # the first setup's; its BatchNorms (those left after folding) are the ones to freeze
     if frozen_bn:
-        bns = [name for name, m in prepared().named_modules() if isinstance(m, _BatchNorm)]
+        bns = [name for name, m in net.named_modules() if isinstance(m, _BatchNorm)]
         cfg.layer_list = {**cfg.layer_list, "freeze": [*cfg.layer_list.get("freeze", [""]), *bns]}
     spec = dict(cfg.method)
     x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
@@ -71,7 +72,7 @@ def measure_setups(cfg, batch: int, size: tuple[int, int], frozen_bn: bool = Fal
     for setup, method_cfg in zip(SETUPS, (dict(type="vanilla"), {**spec, "patch_grid": False},
                                           {**spec, "patch_grid": True})):
         cfg.method = method_cfg  # each takes the config's layer_list as its signature allows
-        net = prepared()
+        net = net if setup == SETUPS[0] else prepared()
         method = apply_method(net, cfg)  # then the method, as the runner applies it
         out[setup] = measure(_Logits(net).train(), x)
         report = method.summary() or report

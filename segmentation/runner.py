@@ -114,13 +114,11 @@ def apply_method(model: nn.Module, cfg) -> Optional[Method]:
 
 
 def fold_batchnorm(model: nn.Module, cfg) -> int:
-    """Fold the segmentor's BatchNorms into their convs (:func:`gradfilt.fuse.fuse_bn`, traced on a random batch
-    of two images at the config's crop size), keeping its train/eval flag; returns how many were folded."""
-    training = model.training
+    """Fold the segmentor's BatchNorms into their convs (:func:`gradfilt.fuse.fuse_bn`, which traces and checks in
+    eval mode and restores every module's flag, on a random batch of two images at the config's crop size);
+    returns how many were folded."""
     batch = torch.randn(2, *example_input(cfg).shape[1:], generator=torch.Generator().manual_seed(0))
-    pairs = fuse_bn(model.eval(), batch)
-    model.train(training)
-    return len(pairs)
+    return len(fuse_bn(model, batch))
 
 
 def _checkpoint_order(path: Path) -> tuple[int, float]:

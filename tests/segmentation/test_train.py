@@ -250,8 +250,11 @@ def test_patch_grid_conv_modules_start_from_the_models_own_initialization(tmp_pa
     states, blocks = {}, {}
     for grid in (False, True):
         frozen_bn = ["", "~decode_head.conv_seg", *(f"~{c}" for c in convs)]  # the BatchNorms stay frozen
+        # its own experiment name: two runners of one config built within a second would share mmengine's
+        # logger (named by config and time), and the second run's log would go to the first's file
         cfg = load_config(str(CFG / f"{DEEPLAB}_filter5l.py"), work_dir=str(tmp_path / str(grid)),
-                          cfg_options={"layer_list.freeze": frozen_bn, "method.patch_grid": grid})
+                          cfg_options={"layer_list.freeze": frozen_bn, "method.patch_grid": grid,
+                                       "experiment_name": f"patch_grid_{grid}"})
         runner = build_runner(cfg)
         runner._init_model_weights()
         states[grid] = runner.model.state_dict()
