@@ -14,7 +14,7 @@ PIP_NOISE := is ignored: it is neither a file nor a directory
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt gradfilt/_kernels.cpp
+$(STAMP): pyproject.toml constraints.txt gradfilt/ops/_kernels.cpp
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "Installing gradfilt and its dependencies (versions pinned by constraints.txt) into $(VENV) ..."
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[all,dev]" 2>&1 | { grep -v "$(PIP_NOISE)" || true; }

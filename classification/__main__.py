@@ -1,4 +1,4 @@
-"""``python -m classification {fit,validate,test} --config ...``: see classification/cli.py."""
+"""``python -m classification {fit,validate,test,cost,search} --config ...``: see classification/cli.py."""
 
 from .cli import main
 

@@ -1,175 +1,26 @@
 """``python -m classification {fit,validate,test,cost,search} --config A.yaml [--config B.yaml ...] [--key value ...]``.
 
-LightningCLI over :class:`ClassificationModule` and :class:`ClassificationData`: their typed
-``__init__`` signatures are the schema (unknown keys are errors), ``data.dataset`` fills
-``model.num_classes`` and ``data.image_size`` fills ``model.image_size``. Unless
-``trainer.logger`` is set, each run logs to TensorBoard under
-``<runs_dir>/<table>/<arch>/<dataset>/<run_name or method tag>/version_N`` where the resolved
-``config.yaml`` is saved too, and the best checkpoint (by Val/Acc) is copied to
-``<runs_dir>/<table>/<arch>/<dataset>/<run_name or method tag>/best.ckpt`` for the next stage.
-``cost`` takes the same configs and overrides as ``fit`` and prints the method's cost table
-(``--json``: one JSON object; ``--measure``: also the bytes autograd keeps in one real step).
-``search`` takes them too and runs the budgeted configuration search (classification/search.py).
+``fit`` / ``validate`` / ``test`` run through LightningCLI (:mod:`classification.lightning_cli`); ``cost``
+(:mod:`classification.cost_cli`) and ``search`` (:mod:`classification.search_cli`) take the same configs and
+overrides and print a method's cost or run the budgeted configuration search.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import sys
-from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-import pytorch_lightning as pl
-import torch
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
-from pytorch_lightning.loggers import TensorBoardLogger
-from jsonargparse import Namespace
+from .cost_cli import cost_main
+from .lightning_cli import ClassificationCLI, lightning_main
+from .search_cli import search_main
 
-from gradfilt.cost import format_flops, measure, print_report, training_flops
+__all__ = ["COMMANDS", "main"]
 
-from .data import ClassificationData, num_classes_of
-from .module import ClassificationModule, calibration_batches, method_of
-from .rundir import (AtomicCheckpointIO, last_checkpoint, release_version, reserve_version, run_dir,
-                     sweep, write_atomically)
-
-__all__ = ["ClassificationCLI", "ExportBest", "main", "run_dir", "resolve_config", "configured_model", "cost_main"]
-
-
-_VERSION_ENV = "GRADFILT_RUN_VERSION"
-
-
-class ExportBest(Callback):
-    """Copy the best checkpoint of a fit to a fixed path (atomically) when the fit ends, and say in
-    ``best.json`` beside it which version it came from. A kill leaves the previous export or the new
-    one; the part file it may leave is removed when the next run of the folder starts
-    (:func:`classification.rundir.sweep`).
-
-    Args:
-        path: destination, e.g. runs/<table>/<arch>/<dataset>/pretrain/best.ckpt.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = Path(path)
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        ckpt = trainer.checkpoint_callback
-        best = getattr(ckpt, "best_model_path", "") or getattr(ckpt, "last_model_path", "")
-        if not best or not trainer.is_global_zero:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        version = Path(best).parent.parent.name
-        source = {"version": version, "checkpoint": str(best), "monitor": ckpt.monitor,
-                  "score": float(ckpt.best_model_score or 0)}
-        # the checkpoint first: best.json never names a fit best.ckpt is not from
-        with open(best, "rb") as src:
-            write_atomically(self.path, lambda f: shutil.copyfileobj(src, f),
-                             part=self.path.with_name(f"{self.path.name}.{version}.part"))
-        json_path = self.path.with_suffix(".json")
-        write_atomically(json_path, lambda f: f.write(json.dumps(source).encode()),
-                         part=json_path.with_name(f"{json_path.name}.{version}.part"))
-        print(f"best checkpoint ({ckpt.monitor}={float(ckpt.best_model_score or 0):.4f}): {self.path}")
-
-
-class ClassificationCLI(LightningCLI):
-    """LightningCLI with the run-folder convention, linked arguments and best-checkpoint export."""
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--table", type=str, default="misc", help="experiment group, e.g. table2, table11")
-        parser.add_argument("--runs_dir", type=str, default="runs", help="root of the TensorBoard logs")
-        parser.add_argument("--run_name", type=Optional[str], default=None,
-                            help="run folder name; default: the method's tag (e.g. R2-2L)")
-        parser.link_arguments("data.dataset", "model.num_classes", compute_fn=num_classes_of, apply_on="parse")
-        parser.link_arguments("data.image_size", "model.image_size", apply_on="parse")
-
-    def _run_folder(self) -> Path:
-        cfg = self.config[self.subcommand] if self.subcommand else self.config
-        m = cfg.model
-        method = m.method.as_dict() if isinstance(m.method, Namespace) else m.method
-        name = cfg.run_name or method_of(method).tag
-        return run_dir(cfg.runs_dir, cfg.table, m.arch, cfg.data.dataset, name)
-
-    _reserved: Optional[Path] = None
-    _lock: Optional[int] = None
-
-    def instantiate_trainer(self, **kwargs) -> pl.Trainer:
-        folder = self._run_folder()
-        trainer_cfg = self._get(self.config_init, "trainer", default={})
-        if trainer_cfg.get("logger") in (None, True):
-            running = self.subcommand is not None and not trainer_cfg.get("fast_dev_run")
-            version = self._reserve_version(folder) if running else None
-            kwargs["logger"] = TensorBoardLogger(save_dir=str(folder.parent), name=folder.name, version=version,
-                                                 default_hp_metric=False)
-        if trainer_cfg.get("default_root_dir") is None:
-            kwargs["default_root_dir"] = str(folder)  # what Lightning writes without a logger stays in the run folder
-        if not trainer_cfg.get("plugins"):
-            kwargs["plugins"] = [AtomicCheckpointIO()]  # no torn checkpoint after a kill
-        try:
-            trainer = super().instantiate_trainer(**kwargs)
-        except BaseException:  # e.g. a bad trainer option: give the reserved version back
-            self._end_version(failed=True)
-            raise
-        if not trainer.fast_dev_run:  # a smoke run never replaces the stage's exported checkpoint
-            trainer.callbacks.append(ExportBest(str(folder / "best.ckpt")))
-        return trainer
-
-    def _reserve_version(self, folder: Path) -> Optional[int]:
-        """Sweep what dead runs left in the folder, then create and lock ``version_N`` (the first free N),
-        so runs started together never share one (:mod:`classification.rundir`).
-
-        Processes a distributed launch starts later inherit the number (``GRADFILT_RUN_VERSION``); other
-        ranks of an external launch (torchrun) leave the choice to Lightning.
-        """
-        if _VERSION_ENV in os.environ:
-            return int(os.environ[_VERSION_ENV])
-        if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
-            return None
-        sweep(folder)
-        n, self._lock = reserve_version(folder)
-        self._reserved = folder / f"version_{n}"
-        os.environ[_VERSION_ENV] = str(n)
-        return n
-
-    def _run_subcommand(self, subcommand: str) -> None:
-        failed = True
-        try:
-            super()._run_subcommand(subcommand)
-            failed = False
-        finally:
-            self._end_version(failed)
-
-    def _end_version(self, failed: bool) -> None:
-        """Release the reserved version (lock, ``GRADFILT_RUN_VERSION``); a run that failed before saving
-        any checkpoint leaves no version folder behind (nor an empty run folder)."""
-        os.environ.pop(_VERSION_ENV, None)
-        version = self._reserved
-        if version is None:
-            return
-        if self._lock is not None:
-            release_version(version, self._lock)
-            self._lock = None
-        if failed and version.is_dir() and not any(version.glob("checkpoints/*.ckpt")):
-            shutil.rmtree(version)
-            if not any(version.parent.iterdir()):
-                version.parent.rmdir()
-
-    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
-        kwargs = super()._prepare_subcommand_kwargs(subcommand)
-        ckpt = kwargs.get("ckpt_path")
-        if ckpt == "last":
-            kwargs["ckpt_path"] = str(last_checkpoint(self._run_folder()))
-            print(f"resuming from {kwargs['ckpt_path']}")
-        elif ckpt and Path(ckpt).name == "best.ckpt" and Path(ckpt).with_suffix(".json").is_file():
-            # an exported best.ckpt: load (and record in config.yaml) the fit's own checkpoint it was copied
-            # from, so the report knows which model an evaluation belongs to even after a later fit
-            source = Path(json.loads(Path(ckpt).with_suffix(".json").read_text())["checkpoint"])
-            if source.is_file():
-                kwargs["ckpt_path"] = str(source)
-                self.config[subcommand]["ckpt_path"] = str(source)
-                print(f"{ckpt} is {source}")
-        return kwargs
+# the subcommands that are not Trainer methods: name -> (entry point, one line of help)
+COMMANDS: dict[str, tuple[Callable[[Sequence[str]], dict], str]] = {
+    "cost": (cost_main, "the configured method's backward FLOPs and memory (--json, --measure)"),
+    "search": (search_main, "the budgeted configuration search (--budget, --sample)"),
+}
 
 
 def main(args: Optional[Sequence[str]] = None, run: bool = True) -> Optional[ClassificationCLI]:
@@ -178,96 +29,16 @@ def main(args: Optional[Sequence[str]] = None, run: bool = True) -> Optional[Cla
     Args:
         args: command-line arguments; None reads sys.argv.
         run: run the subcommand (False: only parse and instantiate, ``args`` without a subcommand).
-    """
-    argv = list(sys.argv[1:] if args is None else args)
-    if run and argv[:1] == ["cost"]:
-        cost_main(argv[1:])
-        return None
-    if run and argv[:1] == ["search"]:
-        from .search import search_main
-
-        search_main(argv[1:])
-        return None
-    checkpoint = ModelCheckpoint(monitor="Val/Acc", mode="max", filename="best-{epoch}", save_last=True)
-    cli = ClassificationCLI(
-        ClassificationModule,
-        ClassificationData,
-        args=args,
-        run=run,
-        seed_everything_default=0,
-        trainer_defaults={"callbacks": [checkpoint]},
-        auto_configure_optimizers=False,
-    )
-    return cli
-
-
-class _ParseOnlyCLI(ClassificationCLI):
-    def instantiate_classes(self) -> None:  # keep the parsed (and linked) config, build nothing
-        pass
-
-
-def resolve_config(args: Sequence[str]) -> Namespace:
-    """The resolved config of ``--config A.yaml [--config B.yaml ...] [--key value ...]`` (no subcommand).
-
-    Nothing is instantiated: no data is read and no weights are loaded. Used by
-    ``python -m classification cost``.
-
-    Args:
-        args: command-line style arguments.
-    """
-    return _ParseOnlyCLI(ClassificationModule, ClassificationData, args=list(args), run=False,
-                         seed_everything_default=0, auto_configure_optimizers=False).config
-
-
-def configured_model(config: Namespace) -> ClassificationModule:
-    """The module of a resolved config, set up as training would set it up (fused BN, filters,
-    freezing) but with random weights: ``weights`` and ``init_from`` change no shape or cost. A method
-    that calibrates (and so chooses its layers from the weights and the data) gets the configured
-    weights and its batches from the configured data, as ``fit`` would give them.
-
-    Args:
-        config: the result of :func:`resolve_config`.
-    """
-    model_args = config.model.as_dict()
-    if method_of(model_args.get("method")).calibration_batches == 0:
-        return ClassificationModule(**{**model_args, "weights": None, "init_from": None})
-    module = ClassificationModule(**model_args)
-    data = ClassificationData(**config.data.as_dict())
-    data.setup("fit")
-    module.set_up_method(calibration_batches(data.train_dataloader(), module.method.calibration_batches))
-    return module
-
-
-def cost_main(argv: Sequence[str]) -> dict:
-    """``python -m classification cost --config ... [overrides as for fit] [--json] [--measure]``.
-
-    Sets the configured network up as ``fit`` would (random weights: ``weights`` and ``init_from``
-    change no shape or cost) and prints the method's cost in the paper's convention (batch 1).
-
-    Args:
-        argv: the arguments after ``cost``.
 
     Returns:
-        The printed report as a dict (``measured_bytes`` added with ``--measure``).
+        The LightningCLI of ``fit`` / ``validate`` / ``test`` (None for ``cost`` and ``search``).
     """
-    own = {"--json", "--measure"}
-    flags = {a for a in argv if a in own}
-    config = resolve_config([a for a in argv if a not in own])
-    module = configured_model(config)
-    report = module.cost
-    result = report.to_dict() | {"method": module.method.tag, "training_flops": training_flops(report),
-                                 "reference_flops": module.reference_flops}
-    if "--measure" in flags:
-        module.train()  # the run's train/eval flags (frozen BN stays in eval mode)
-        size = module.hparams.image_size
-        result["measured_bytes"] = {"as configured": measure(module.model, torch.randn(2, 3, size, size))}
-    if "--json" in flags:
-        print(json.dumps(result))
-    else:
-        print(f"method {module.method.tag} on {module.hparams.arch}, {module.hparams.image_size}x"
-              f"{module.hparams.image_size}, {module.hparams.num_classes} classes")
-        print_report(report, result.get("measured_bytes"))
-        saved = 1 - result["training_flops"] / result["reference_flops"]
-        print(f"training FLOPs per instance, every instance trained on: {format_flops(result['training_flops'])} "
-              f"(full BP on every layer: {format_flops(result['reference_flops'])}, {100 * saved:.1f} % saved)")
-    return result
+    argv = list(sys.argv[1:] if args is None else args)
+    if run and argv[:1] and argv[0] in COMMANDS:
+        COMMANDS[argv[0]][0](argv[1:])
+        return None
+    if run and argv[:1] in (["-h"], ["--help"]):
+        print("python -m classification {fit,validate,test,cost,search} ...; also:")
+        print("\n".join(f"  {name:<8} {text} (python -m classification {name} --help)"
+                        for name, (_, text) in COMMANDS.items()))
+    return lightning_main(args, run)

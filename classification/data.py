@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets as tvd
 from torchvision import transforms as T
 
-from gradfilt.registry import registering
+from gradfilt.registry import new_registry, registering
 
 __all__ = ["DATASETS", "DatasetInfo", "register_dataset", "num_classes_of", "fedavg_partitions",
            "load_or_create_partitions", "ClassificationData"]
@@ -58,7 +58,7 @@ class DatasetInfo:
     crop: bool = False
 
 
-DATASETS: dict[str, DatasetInfo] = {}
+DATASETS: dict[str, DatasetInfo] = new_registry("datasets", "classification datasets: classes, channels, loader")
 
 
 def register_dataset(name: str, info: DatasetInfo) -> DatasetInfo:

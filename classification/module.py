@@ -33,12 +33,13 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision import models as tv
 
 from gradfilt import classifier_name
-from gradfilt.cost import estimate, measure, training_flops
-from gradfilt.freeze import keep_bn_eval
-from gradfilt.fuse import fuse_bn as fold_bn
+from gradfilt.cost import measure, training_flops
+from gradfilt.methods import estimate
+from gradfilt.surgery.freeze import keep_bn_eval
+from gradfilt import surgery
 from gradfilt.methods import Method, Vanilla, build_method
 from gradfilt.models import TIMM_PREFIX, build_model, timm_pretrained
-from gradfilt.paths import replace_module
+from gradfilt.surgery.paths import replace_module
 
 __all__ = ["ClassificationModule", "imagenet_model", "method_of", "calibration_batches"]
 
@@ -183,7 +184,8 @@ class ClassificationModule(pl.LightningModule):
         if init_from is not None:
             _load_stage_checkpoint(model, init_from)
         if fuse_bn:
-            fold_bn(model, torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)))
+            batch = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+            surgery.fuse_bn(model, batch)
         self.model = model
         self.cost = None
         if not self.needs_calibration:

@@ -25,14 +25,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import models as tv
 
-from .registry import registering
+from .registry import new_registry, registering
 
 __all__ = ["ARCHS", "TIMM_PREFIX", "register_arch", "build_model", "timm_pretrained", "MCUNetBlock", "mcunet",
            "CifarBasicBlock", "cifar_resnet", "lenet"]
 
 TIMM_PREFIX = "timm/"
 
-ARCHS: dict[str, Callable[[int], nn.Module]] = {}
+ARCHS: dict[str, Callable[[int], nn.Module]] = new_registry("archs", "the networks build_model makes by name")
 
 
 def register_arch(name: str) -> Callable:

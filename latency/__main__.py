@@ -2,7 +2,8 @@
 
     python -m latency [--device cpu|cuda] [--batch 32] [--cases table10|resnet18|mobilenet_v2|FILE ...]
                       [--patch-sizes 2 4] [--repeats N] [--min-time S] [--malloc default|heap|hugepages] [--out DIR]
-    python -m latency --mode step [--archs mobilenet_v2 resnet18] [--layers 2 4] [--methods A.yaml B.yaml ...] [--fuse-bn]
+    python -m latency --mode step [--archs mobilenet_v2 resnet18] [--layers 2 4] [--methods A.yaml B.yaml ...]
+                      [--fuse-bn]
     python -m latency --mode parts [--cases table10 ...] [--patch-sizes 2 4] [--repeats N] [--min-time S] [--malloc ...]
 
 The resnet18 / mobilenet_v2 case sets are the networks' distinct conv geometries at ``--image-size``
@@ -33,7 +34,7 @@ from typing import Optional, Sequence, Union
 import torch
 from tqdm import tqdm
 
-from gradfilt import _native
+from gradfilt.ops import native
 from gradfilt.cost import format_flops
 
 from .bench import (PARTS, THP_ENV, THP_SETTING, ConvCase, bench_case, bench_parts, bench_steps, huge_pages_mode,
@@ -90,8 +91,9 @@ def conv_markdown(rows: list[dict]) -> str:
                 lines.append(f"R{size}, {what}: median speedup {statistics.median(values):.1f}x "
                              f"(min {min(values):.1f}x, max {max(values):.1f}x, {len(values)} cases)")
         if grid:
-            lines.append(f"R{size}, a layer inside a chain: median {statistics.median(r['chain_of_gemm'] for r in grid):.0%}"
-                         f" of the GEMM floor (the two patch-grid GEMMs alone)")
+            share = statistics.median(r["chain_of_gemm"] for r in grid)
+            lines.append(f"R{size}, a layer inside a chain: median {share:.0%} of the GEMM floor (the two patch-grid "
+                         f"GEMMs alone)")
     return "\n".join(lines)
 
 
@@ -218,7 +220,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return subprocess.call(child, env=os.environ | {THP_ENV: "1"})
     device = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
-    kernels = ("compiled (gradfilt._kernels)" if _native.available()
+    kernels = ("compiled (gradfilt.ops._kernels)" if native.available()
                else "pure PyTorch (gradfilt._kernels not built, or GRADFILT_NO_KERNELS set)")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, CPU passes: {kernels}, "
           f"malloc: {args.malloc}", file=sys.stderr)

@@ -31,22 +31,20 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradfilt import FilteredConv2d, _native, filtered_conv2d
-from gradfilt.chain import mul_counts_
 from gradfilt.cost import conv_cost, measure
-from gradfilt.functional import (axis_modes, filter_geometry, filtered_backward, grad_patch_sums, input_sums,
-                                 patch_grid_grads, patch_major_grid, patch_major_layout, spread_grid,
-                                 tap_grad)
-from gradfilt.fuse import fuse_bn
 from gradfilt.methods import build_method, method_class
 from gradfilt.models import build_model
-from gradfilt.trace import LayerCall, trace_layers
+from gradfilt.ops import (FilteredConv2d, axis_modes, filter_geometry, filtered_backward, filtered_conv2d,
+                          grad_patch_sums, input_sums, native, patch_grid_grads, patch_major_grid, patch_major_layout,
+                          spread_grid, tap_grad)
+from gradfilt.patchgrid import mul_counts_
+from gradfilt.surgery import LayerCall, fuse_bn, trace_layers
 
 __all__ = ["ConvCase", "table10_cases", "model_cases", "keep_freed_memory", "huge_pages_mode", "THP_ENV", "THP_SETTING",
            "time_rounds", "bench_case", "bench_parts", "parts_supported", "PARTS", "bench_steps", "method_config",
@@ -244,7 +242,7 @@ def bench_case(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: t
         rows.append({
             "case": case.name, **{k: v for k, v in asdict(case).items() if k != "name"},
             "batch": batch, "patch_size": r, "device": device.type,
-            "kernels": "compiled" if _native.usable(x) else "pytorch",
+            "kernels": "compiled" if native.usable(x) else "pytorch",
             "torch_ms": 1e3 * t_torch[0], "torch_min_ms": 1e3 * t_torch[1], "torch_max_ms": 1e3 * t_torch[2],
             "filtered_ms": 1e3 * t_filt[0], "filtered_min_ms": 1e3 * t_filt[1], "filtered_max_ms": 1e3 * t_filt[2],
             "copy_ms": 1e3 * t_copy,
@@ -268,7 +266,7 @@ def grid_supported(case: ConvCase, patch_size: int) -> bool:
 
 def _grid_backward(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, grad_y: torch.Tensor, args: dict,
                    patch_size: int) -> Callable[[], object]:
-    """grad_w and grad_x on the patch grid from x~ and g_y, by :func:`gradfilt.functional.filtered_backward`
+    """grad_w and grad_x on the patch grid from x~ and g_y, by :func:`gradfilt.ops.stages.filtered_backward`
     called directly (the work of a backward that hands the patch grid on, as the paper's own code does)."""
     axes = _axes(x, weight, y, args, patch_size)
     x_sum = input_sums(x.detach(), axes, args["groups"])
@@ -277,14 +275,14 @@ def _grid_backward(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, grad_
 
 
 def _axes(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, args: dict, patch_size: int):
-    """The filter geometry of the case's conv at ``patch_size`` (:func:`gradfilt.functional.filter_geometry`)."""
+    """The filter geometry of the case's conv at ``patch_size`` (:func:`gradfilt.ops.stages.filter_geometry`)."""
     return filter_geometry(x.shape, y.shape, tuple(weight.shape[2:]), args["stride"], args["padding"],
                            args["dilation"], patch_size, axis_modes(args["stride"], args["dilation"], patch_size))
 
 
 def _chain_layer(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, args: dict,
                  patch_size: int) -> Callable[[], object]:
-    """The backward of a filtered conv inside a patch-grid chain (as :mod:`gradfilt.chain` runs it): g_y arrives
+    """The backward of a filtered conv inside a patch-grid chain (as :mod:`gradfilt.patchgrid` runs it): g_y arrives
     as the next layer's patch grid (patch-major, as that layer's GEMM writes it) times its ReLU mask's patch
     counts (kept as bytes, patch-major too), and grad_w and grad_x leave on the patch grid; nothing at full
     resolution.
@@ -345,8 +343,8 @@ def bench_parts(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: 
                 min_time: float = 0.0) -> list[dict]:
     """Rows (one per patch size): the filtered backward of ``case`` and each of its parts timed alone.
 
-    The parts are the op's own stages (:func:`gradfilt.functional.grad_patch_sums`,
-    :func:`~gradfilt.functional.patch_grid_grads`, :func:`~gradfilt.functional.spread_grid`) on the
+    The parts are the op's own stages (:func:`gradfilt.ops.stages.grad_patch_sums`,
+    :func:`~gradfilt.ops.stages.patch_grid_grads`, :func:`~gradfilt.ops.stages.spread_grid`) on the
     op's own operands: the patch sums of g_y; both GEMMs on the patch grid with what they need
     (theta~, the 1 / r^2, grad_w repeated over the taps); the spread of grad_x~ to full resolution.
     They run in the same alternating rounds as torch's and the
@@ -383,7 +381,7 @@ def bench_parts(case: ConvCase, batch: int, patch_sizes: Sequence[int], device: 
         parts = {part: ms[f"{part} {r}"] for part in PARTS}
         total = sum(parts.values())
         rows.append({"case": case.name, "batch": batch, "patch_size": r, "device": device.type,
-                     "kernels": "compiled" if _native.usable(x) else "pytorch", "torch_ms": ms["torch"],
+                     "kernels": "compiled" if native.usable(x) else "pytorch", "torch_ms": ms["torch"],
                      "filtered_ms": ms[f"filtered {r}"], **{f"{part} ms": t for part, t in parts.items()},
                      "parts_ms": total, "rest_ms": ms[f"filtered {r}"] - total,
                      "speedup": ms["torch"] / ms[f"filtered {r}"], "parts_speedup": ms["torch"] / total})
@@ -422,8 +420,8 @@ def _gemms(case: ConvCase, batch: int, out_size: Sequence[int], patch_size: int,
            device: torch.device) -> Callable[[], None]:
     """The two patch-grid GEMMs of a collapsed kernel (grad_w and grad_x~, per group) on random operands.
 
-    Ungrouped stride-1 convs: G and X in the op's own layout (:func:`gradfilt.functional.patch_major_layout`) and
-    its products (:func:`~gradfilt.functional.tap_grad`, :func:`~gradfilt.functional.patch_major_grid`);
+    Ungrouped stride-1 convs: G and X in the op's own layout (:func:`gradfilt.ops.stages.patch_major_layout`) and
+    its products (:func:`~gradfilt.ops.stages.tap_grad`, :func:`~gradfilt.ops.stages.patch_major_grid`);
     otherwise one batched product per gradient.
     """
     g, co, ci = case.groups, case.c_out // case.groups, case.c_in // case.groups

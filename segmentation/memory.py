@@ -24,7 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from gradfilt import GradientFilter
 from gradfilt.cost import format_bytes, measure
 
-from .runner import apply_method, configured_method, example_input, fold_batchnorm
+from .runner import apply_method, configured_method, example_input, fuse_bn_for_config
 from .train import load_config, parse_args
 
 __all__ = ["main", "measure_setups"]
@@ -59,7 +59,7 @@ def measure_setups(cfg, batch: int, size: tuple[int, int], frozen_bn: bool = Fal
         net = MODELS.build(cfg.model)
         net.init_weights()
         if cfg.get("fuse_bn"):
-            fold_batchnorm(net, cfg)
+            fuse_bn_for_config(net, cfg)
         return net
 
     net = prepared()  # the first setup's; its BatchNorms (those left after folding) are the ones to freeze
@@ -97,7 +97,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, int]]:
         parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
                             help="input size (default: the config's crop size)")
         parser.add_argument("--frozen-bn", action="store_true",
-                            help="freeze every BatchNorm the layer list would train (patch-grid blocks need them frozen)")
+                            help="freeze every BatchNorm the layer list would train (patch-grid blocks need them "
+                                 "frozen)")
 
     args = parse_args(argv, __doc__.split("\n\n")[0], extra)
     cfg = load_config(args.config, args.work_dir, args.cfg_options)

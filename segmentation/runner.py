@@ -45,11 +45,11 @@ from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 from torch import nn
 
-from gradfilt.fuse import fuse_bn
+from gradfilt.surgery.fuse import fuse_bn
 from gradfilt.methods import Method, build_method, method_class
 
-__all__ = ["MethodRunner", "LAYER_LIST_KEYS", "configured_method", "apply_method", "example_input", "fold_batchnorm",
-           "repair_work_dir"]
+__all__ = ["MethodRunner", "LAYER_LIST_KEYS", "configured_method", "apply_method", "example_input",
+           "fuse_bn_for_config", "repair_work_dir"]
 
 LAYER_LIST_KEYS = ("layers", "freeze", "filter_install")
 
@@ -113,8 +113,8 @@ def apply_method(model: nn.Module, cfg) -> Optional[Method]:
     return method
 
 
-def fold_batchnorm(model: nn.Module, cfg) -> int:
-    """Fold the segmentor's BatchNorms into their convs (:func:`gradfilt.fuse.fuse_bn`, which traces and checks in
+def fuse_bn_for_config(model: nn.Module, cfg) -> int:
+    """Fold the segmentor's BatchNorms into their convs (:func:`gradfilt.surgery.fuse_bn`, which traces and checks in
     eval mode and restores every module's flag, on a random batch of two images at the config's crop size);
     returns how many were folded."""
     batch = torch.randn(2, *example_input(cfg).shape[1:], generator=torch.Generator().manual_seed(0))
@@ -176,7 +176,7 @@ class MethodRunner(Runner):
                 model.init_weights()
             self._weights_ready = True
         if self.cfg.get("fuse_bn"):
-            self._fold_bn(model)
+            self._fuse_bn(model)
         self.method = apply_method(model, self.cfg)
         if self.method is not None:
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -195,7 +195,7 @@ class MethodRunner(Runner):
         for value in model.state_dict().values():  # the ranks agree, as after mmengine's own initialization
             broadcast(value)
 
-    def _fold_bn(self, model) -> None:
+    def _fuse_bn(self, model) -> None:
         """``fuse_bn = True``: fold BatchNorm into the convs (sparse update and TinyTL train the folded
         biases). The statistics must be those of the weights the run starts from, so ``load_from`` is
         loaded here (after the initialization in ``build_model``), before folding, and not again in
@@ -206,7 +206,7 @@ class MethodRunner(Runner):
             load_checkpoint(model, self._load_from, map_location="cpu", logger=self.logger)
             self.logger.info(f"loaded {self._load_from} before folding BatchNorm into the convs")
             self._load_from = None
-        self.logger.info(f"folded {fold_batchnorm(model, self.cfg)} BatchNorm layers into their convs")
+        self.logger.info(f"folded {fuse_bn_for_config(model, self.cfg)} BatchNorm layers into their convs")
 
     def train(self):
         if is_main_process():

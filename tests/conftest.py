@@ -21,7 +21,7 @@ def onednn_products(monkeypatch) -> list:
     per product that did (so a test can check the path ran, where torch has oneDNN)."""
     import torch
 
-    from gradfilt import functional
+    from gradfilt.ops import stages as functional
 
     taken = []
     choose = functional._onednn_maps

@@ -6,8 +6,8 @@ tiny-training's bias + partial-channel weight updates), ``tinytl`` (:class:`Tiny
 lite residuals) and ``dynamic_sparse`` (:class:`DynamicSparseUpdate`, channels that move every step
 within a memory budget) and ``emp`` (:class:`ErrorMapPruning`, the error map's top channels per
 step, optionally filtered), ``eif`` (:class:`EarlyInstanceFilter`, a filter network that drops
-predicted low-loss instances before any other method trains on the rest). Add one with :func:`register_method` in a module
-of its own; :func:`build_method` turns a config (``{type: name, ...}`` or
+predicted low-loss instances before any other method trains on the rest). Add one with :func:`register_method`
+in a module of its own (``docs/adding_a_method.md``); :func:`build_method` turns a config (``{type: name, ...}`` or
 ``{class_path: ..., init_args: ...}``) into an instance.
 """
 
@@ -19,7 +19,7 @@ from .gradient_filter import GradientFilter
 from .sparse_update import SparseUpdate
 from .tinytl import TinyTL
 from .vanilla import Vanilla
+from .estimate import estimate
 
-__all__ = ["Method", "METHODS", "register_method", "method_class", "build_method", "Vanilla", "GradientFilter", "SparseUpdate", "TinyTL",
-           "DynamicSparseUpdate", "ErrorMapPruning",
-           "EarlyInstanceFilter"]
+__all__ = ["Method", "METHODS", "register_method", "method_class", "build_method", "Vanilla", "GradientFilter",
+           "SparseUpdate", "TinyTL", "DynamicSparseUpdate", "ErrorMapPruning", "EarlyInstanceFilter", "estimate"]

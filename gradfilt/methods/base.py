@@ -31,9 +31,12 @@ from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence, Union
 
 from torch import Tensor, nn
 
+from ..cost import estimate_configured
+from ..registry import new_registry, registering
+
 __all__ = ["Method", "METHODS", "register_method", "method_class", "build_method"]
 
-METHODS: dict[str, type["Method"]] = {}
+METHODS: dict[str, type["Method"]] = new_registry("methods", "training methods (Method subclasses)")
 
 
 def register_method(name: str) -> Callable[[type["Method"]], type["Method"]]:
@@ -46,9 +49,8 @@ def register_method(name: str) -> Callable[[type["Method"]], type["Method"]]:
     def decorate(cls: type["Method"]) -> type["Method"]:
         if not (isinstance(cls, type) and issubclass(cls, Method)):
             raise TypeError(f"register_method({name!r}) decorates Method subclasses, not {cls!r}")
-        if name in METHODS and METHODS[name] is not cls:
-            raise ValueError(f"method {name!r} is already registered (by {METHODS[name].__qualname__})")
-        METHODS[name] = cls
+        if METHODS.get(name) is not cls:  # the same class again (a module imported twice) changes nothing
+            registering(METHODS, "method", name)(cls)
         cls.name = name
         return cls
 
@@ -190,8 +192,6 @@ class Method:
         Returns:
             A :class:`gradfilt.cost.CostReport`.
         """
-        from ..cost import estimate_configured
-
         return estimate_configured(model, image_size, batch_size, in_channels)
 
     def __repr__(self) -> str:

@@ -64,10 +64,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..cost import FLOAT_BYTES
-from ..freeze import classifier_of, freeze
-from ..paths import replace_module, resolve
-from ..sparse import SparseConv2d, _channel_dim, _depthwise, lean_frozen_convs
-from ..trace import LayerCall, trace_layers
+from ..surgery.freeze import classifier_of, freeze
+from ..surgery.paths import replace_module, resolve
+from ..ops.sparse import SparseConv2d, channel_dim, is_depthwise
+from ..surgery.lean import lean_frozen_convs
+from ..surgery.trace import LayerCall, trace_layers
 from .base import Method, register_method
 from .vanilla import config_digest
 
@@ -98,7 +99,7 @@ def parse_bytes(value: Union[int, str]) -> int:
 
 def _channels(conv: nn.Conv2d) -> int:
     """Channels selection runs over: input channels, output channels of a depthwise conv."""
-    return conv.weight.shape[_channel_dim(conv.groups)]
+    return conv.weight.shape[channel_dim(conv.groups)]
 
 
 def _per_channel(conv: nn.Conv2d) -> int:
@@ -108,7 +109,7 @@ def _per_channel(conv: nn.Conv2d) -> int:
 
 def _channel_sums(values: Tensor, groups: int) -> Tensor:
     """Per-channel sums of a weight-shaped tensor, along the selection dimension."""
-    dim = _channel_dim(groups)
+    dim = channel_dim(groups)
     return values.transpose(0, dim).reshape(values.shape[dim], -1).sum(1)
 
 
@@ -192,7 +193,7 @@ class DynamicSparseUpdate(Method):
     @staticmethod
     def _selectable(call: LayerCall) -> bool:
         conv = call.module
-        return type(conv) is nn.Conv2d and (conv.groups == 1 or _depthwise(conv))
+        return type(conv) is nn.Conv2d and (conv.groups == 1 or is_depthwise(conv))
 
     def calibrate(self, model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]]) -> None:
         """Measure each candidate conv's importance (and each channel's score) on labelled batches.
@@ -253,18 +254,20 @@ class DynamicSparseUpdate(Method):
         if self.manual_weight_idx is not None:
             bad = [i for i in self.manual_weight_idx if not 0 <= i < len(convs)]
             if bad:
-                raise ValueError(f"manual_weight_idx {bad} out of range: the forward pass runs {len(convs)} convs, indices "
-                                 f"0..{len(convs) - 1}")
+                raise ValueError(f"manual_weight_idx {bad} out of range: the forward pass runs {len(convs)} convs, "
+                                 f"indices 0..{len(convs) - 1}")
             chosen = [convs[i] for i in sorted(self.manual_weight_idx)]
-            wrong = [f"{convs.index(c)} ({c.name}, groups={c.module.groups})" for c in chosen if not self._selectable(c)]
+            wrong = [f"{convs.index(c)} ({c.name}, groups={c.module.groups})"
+                     for c in chosen if not self._selectable(c)]
             if wrong:
                 raise ValueError(f"conv {', '.join(wrong)}: dynamic sparse update selects channels of plain dense "
                                  f"and depthwise nn.Conv2d layers only")
             counts = self._counts(chosen, all_weights)
             need = self._step_bytes(chosen, counts, fixed)
             if need > budget:
-                raise ValueError(f"manual_weight_idx {sorted(self.manual_weight_idx)} need {need / 1024:.1f} KB per step at update_ratio "
-                                 f"{self.update_ratio:g}, over memory_budget {self.budget / 1024:.1f} KB")
+                raise ValueError(f"manual_weight_idx {sorted(self.manual_weight_idx)} need {need / 1024:.1f} KB per "
+                                 f"step at update_ratio {self.update_ratio:g}, over memory_budget "
+                                 f"{self.budget / 1024:.1f} KB")
         else:
             pool = self._pool(convs)
             missing = [c.name for c in pool if c.name not in self.importance_]
@@ -362,7 +365,7 @@ class DynamicSparseUpdate(Method):
         if optimizer is None:
             return
         state = optimizer.state.get(conv.weight_update, {})
-        dim = _channel_dim(conv.groups)
+        dim = channel_dim(conv.groups)
         for key, value in state.items():
             if not (torch.is_tensor(value) and value.shape == conv.weight_update.shape):
                 continue  # e.g. a step count: shared by the Parameter's channels

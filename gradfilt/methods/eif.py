@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..cost import estimate_configured
 from ..models import cifar_resnet
 from .base import Method, build_method, register_method
 from .vanilla import Vanilla
@@ -48,7 +49,8 @@ __all__ = ["EarlyInstanceFilter", "filter_network", "FILTER_NETWORKS"]
 FILTER_NETWORKS = ("auto", "slim_lenet", "resnet8")
 
 
-def filter_network(in_channels: int, image_size: int, kind: str = "auto", input_size: Optional[int] = None) -> nn.Module:
+def filter_network(in_channels: int, image_size: int, kind: str = "auto",
+                   input_size: Optional[int] = None) -> nn.Module:
     """The paper's filter networks, 2 outputs (Low, High).
 
     Args:
@@ -102,7 +104,8 @@ class EarlyInstanceFilter(Method):
                  entropy_threshold: float = 0.6, filter_lr: float = 1e-3, filter_net: str = "auto",
                  filter_input_size: Optional[int] = None, seed: int = 0) -> None:
         if not 0 < target_ratio < 1:
-            raise ValueError(f"target_ratio (R_set, the share of High instances) must be in (0, 1), got {target_ratio!r}")
+            raise ValueError(f"target_ratio (R_set, the share of High instances) must be in (0, 1), "
+                             f"got {target_ratio!r}")
         if not initial_threshold > 0:
             raise ValueError(f"initial_threshold (T_l) must be a loss value > 0, got {initial_threshold!r}")
         if not a1 > 1 or not 0 < a2 < 1:
@@ -110,13 +113,14 @@ class EarlyInstanceFilter(Method):
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be an int >= 1 (mini-batches), got {window!r}")
         if not 0 <= entropy_threshold <= math.log(2):
-            raise ValueError(f"entropy_threshold must be in [0, ln 2 = {math.log(2):.4f}] nats, got {entropy_threshold!r}")
+            raise ValueError(f"entropy_threshold must be in [0, ln 2 = {math.log(2):.4f}] nats, "
+                             f"got {entropy_threshold!r}")
         if not filter_lr > 0:
             raise ValueError(f"filter_lr must be > 0, got {filter_lr!r}")
         if filter_net not in FILTER_NETWORKS:
             raise ValueError(f"unknown filter_net {filter_net!r}; valid: {list(FILTER_NETWORKS)}")
-        if filter_input_size is not None and (isinstance(filter_input_size, bool) or not isinstance(filter_input_size, int)
-                                              or filter_input_size < 8):
+        size = filter_input_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 8):
             raise ValueError(f"filter_input_size must be None or an int >= 8 (pixels), got {filter_input_size!r}")
         self.filter_net, self.filter_input_size = filter_net, filter_input_size
         self.inner = Vanilla(layers="all") if method is None else build_method(method)
@@ -213,8 +217,6 @@ class EarlyInstanceFilter(Method):
         whole batch: the dropped instances' rows are zeros, but they are computed). How many instances
         the main network sees is known only while training: :func:`gradfilt.cost.training_flops`
         combines the two with the kept share."""
-        from ..cost import estimate_configured
-
         if self.filter is None:
             raise RuntimeError("EarlyInstanceFilter.cost before apply()")
         report = self.inner.cost(model, image_size, batch_size, in_channels)

@@ -19,11 +19,11 @@ from typing import Any, Optional
 
 from torch import Tensor, nn
 
-from ..emp import PrunedConv2d
-from ..freeze import requires_grad_after
-from ..functional import check_patch_size
-from ..install import FilterSpec, parse_filter_install, plan_filters, swap_filters
-from ..paths import replace_module, resolve
+from ..ops.pruned import PrunedConv2d
+from ..surgery.freeze import requires_grad_after
+from ..ops.geometry import check_patch_size
+from ..surgery.install import FilterSpec, parse_filter_install, plan_filters, swap_filters
+from ..surgery.paths import replace_module, resolve
 from .base import register_method
 from .vanilla import Layers, Vanilla, config_digest
 

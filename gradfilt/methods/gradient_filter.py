@@ -18,9 +18,9 @@ from typing import Any, Optional
 
 from torch import Tensor, nn
 
-from ..chain import PatchGridReport, install_patch_grid
-from ..functional import check_patch_size
-from ..install import FilterSpec, parse_filter_install, plan_filters, swap_filters
+from ..patchgrid import PatchGridReport, install_patch_grid
+from ..ops.geometry import check_patch_size
+from ..surgery.install import FilterSpec, parse_filter_install, plan_filters, swap_filters
 from .base import register_method
 from .vanilla import Layers, Vanilla, config_digest
 

@@ -16,7 +16,8 @@ Configured with tiny-training's vocabulary (``backward_config``):
 Rules (checked before the model is changed): every weight-updated layer also updates its bias
 (it must be among the last ``n_bias_update`` convs, and have a bias: fold BatchNorm first),
 indices in range, ratios in (0, 1] or counts in [1, channels]. The classifier (the last
-``nn.Linear``, or for a segmentor the last conv) trains whole unless ``train_classifier`` is false. Everything else is frozen, BatchNorm in eval mode.
+``nn.Linear``, or for a segmentor the last conv) trains whole unless ``train_classifier`` is false.
+Everything else is frozen, BatchNorm in eval mode.
 
 Savings are real, not masks: a partially updated or bias-only conv becomes a
 :class:`gradfilt.sparse.SparseConv2d`, which keeps only the trained channels' inputs (none for
@@ -33,12 +34,12 @@ from typing import Any, Literal, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..freeze import classifier_of, freeze
-from ..functional import check_patch_size
-from ..install import FilterSpec, plan_filters, swap_filters
-from ..paths import replace_module, resolve
-from ..sparse import CRITERIA, SparseConv2d, _depthwise, select_channels
-from ..trace import trace_layers
+from ..surgery.freeze import classifier_of, freeze
+from ..ops.geometry import check_patch_size
+from ..surgery.install import FilterSpec, plan_filters, swap_filters
+from ..surgery.paths import replace_module, resolve
+from ..ops.sparse import CRITERIA, SparseConv2d, is_depthwise, select_channels
+from ..surgery.trace import trace_layers
 from .base import Method, register_method
 from .vanilla import config_digest
 
@@ -163,7 +164,7 @@ class SparseUpdate(Method):
         for i, ratio in zip(weight_idx, ratios):
             name = order[i]
             conv = resolve(model, name)
-            if conv.groups > 1 and not _depthwise(conv):
+            if conv.groups > 1 and not is_depthwise(conv):
                 raise ValueError(f"conv {i} ({name}) is a grouped conv (groups={conv.groups}); sparse update "
                                  f"selects channels of dense and depthwise convs only")
             total = conv.out_channels if conv.groups > 1 else conv.in_channels

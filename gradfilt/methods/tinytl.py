@@ -34,10 +34,10 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..freeze import classifier_of, freeze
-from ..paths import replace_module, resolve
-from ..sparse import SparseConv2d
-from ..trace import trace_layers
+from ..surgery.freeze import classifier_of, freeze
+from ..surgery.paths import replace_module, resolve
+from ..ops.sparse import SparseConv2d
+from ..surgery.trace import trace_layers
 from .base import Method, register_method
 
 __all__ = ["TinyTL", "LiteResidual", "BLOCK_TYPES"]
@@ -170,7 +170,8 @@ class TinyTL(Method):
         lites, classifier = self._plan(model, example_input)
         freeze(model, [""])
         if self.train_biases:
-            for name, conv in [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n != classifier]:
+            convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n != classifier]
+            for name, conv in convs:
                 conv.bias.requires_grad_(True)
                 replace_module(model, name, SparseConv2d.from_conv(conv, []))
         for name, lite in lites.items():

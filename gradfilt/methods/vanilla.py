@@ -23,7 +23,7 @@ from typing import Any, Literal, Optional, Union
 
 from torch import Tensor, nn
 
-from ..freeze import check_freeze, classifier_name, freeze, last_convs
+from ..surgery.freeze import check_freeze, classifier_name, freeze, last_convs
 from .base import Method, register_method
 
 __all__ = ["Vanilla"]

@@ -11,7 +11,8 @@ from classification.cli import main
 from classification.module import ClassificationModule, method_of
 from classification.report import collect, main as report_main
 from gradfilt import FilteredConv2d
-from gradfilt.cost import estimate, training_flops
+from gradfilt.cost import training_flops
+from gradfilt.methods import estimate
 from gradfilt.models import build_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -265,7 +266,7 @@ def test_fits_started_together_get_their_own_versions_and_a_failed_start_leaves_
 
 @pytest.mark.parametrize("method, tag", [("sparse_update", "sparse-b8-w2-r0.5"), ("tinytl", "tinytl")])
 def test_sparse_update_and_tinytl_fine_tune_evaluate_and_keep_frozen_weights(runs, fmnist_root, method, tag):
-    from gradfilt.sparse import SparseConv2d
+    from gradfilt.ops.sparse import SparseConv2d
 
     tmp, _ = runs
     pretrained = tmp / "runs" / "t" / "resnet18" / "fmnist" / "pretrain" / "best.ckpt"

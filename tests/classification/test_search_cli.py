@@ -1,18 +1,18 @@
 """``python -m classification search``: sampled and searched configurations are method configs the CLI runs."""
 
-import copy
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from classification.cli import main, resolve_config
+from classification.cli import main
+from classification.config import resolve_config
 from classification.module import method_of
-from classification.search import plain_model
+from classification.search_cli import plain_model
 from gradfilt import FilteredConv2d
 from gradfilt import search as gs
-from gradfilt.cost import estimate
+from gradfilt.methods import estimate
 
 REPO = Path(__file__).resolve().parents[2]
 CFG = REPO / "configs" / "classification"

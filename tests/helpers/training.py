@@ -7,7 +7,7 @@ from torch import nn
 
 def fused(arch: str, num_classes: int = 10) -> nn.Module:
     """A gradfilt model in eval mode with BatchNorm folded into its convs (so every conv has a bias)."""
-    from gradfilt.fuse import fuse_bn
+    from gradfilt.surgery.fuse import fuse_bn
     from gradfilt.models import build_model
 
     model = build_model(arch, num_classes).eval()

@@ -12,7 +12,7 @@ import torch
 
 from gradfilt import filtered_conv2d
 from gradfilt.cost import estimate_configured, measure
-from gradfilt.fuse import fuse_bn
+from gradfilt.surgery.fuse import fuse_bn
 from gradfilt.methods import build_method
 from gradfilt.models import build_model
 import latency.__main__ as latency_main

@@ -97,14 +97,14 @@ def test_calibration_trains_classifiers_and_bn_statistics(deeplab, fmnist_root):
 
 
 @pytest.mark.parametrize("method, tag", [("sparse_update", "sparse-b8-w2-r0.5"), ("tinytl", "tinytl")])
-def test_sparse_update_and_tinytl_fold_bn_after_loading_and_keep_frozen_weights(deeplab, fmnist_root, method, tag):
+def test_sparse_update_and_tinytl_fuse_bn_after_loading_and_keep_frozen_weights(deeplab, fmnist_root, method, tag):
     """fuse_bn = True: the base checkpoint is loaded before folding, so frozen convs hold exactly the
     folded weights of that checkpoint after training; the method swaps in SparseConv2d layers."""
     from mmengine.runner import load_checkpoint
     from mmseg.registry import MODELS
 
-    from gradfilt.fuse import fuse_bn
-    from gradfilt.sparse import SparseConv2d
+    from gradfilt.surgery.fuse import fuse_bn
+    from gradfilt.ops.sparse import SparseConv2d
 
     tmp, base, _ = deeplab
     start = tmp / "vanilla" / "iter_3.pth"
