@@ -10,7 +10,7 @@ FMNIST := data/FashionMNIST/raw/t10k-labels-idx1-ubyte
 # pip prints one warning per package for this machine's unused local index entries
 PIP_NOISE := is ignored: it is neither a file nor a directory
 
-.PHONY: setup data demo test clean lock
+.PHONY: setup data demo test test-fast lint clean lock
 
 setup: $(STAMP)
 
@@ -28,11 +28,20 @@ $(FMNIST): | $(STAMP)
 demo: $(STAMP) $(FMNIST)
 	PY=$(PY) bash scripts/classification/fmnist_demo.sh
 
-test: $(STAMP) $(FMNIST)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# the whole suite, after the linter: what CI runs
+test: lint $(FMNIST)
 	$(PY) -m pytest
 
+# every module, without the tests marked slow (whole training runs, killed runs, distributed runs)
+test-fast: $(STAMP) $(FMNIST)
+	$(PY) -m pytest -m "not slow"
+
+# what make put here: the environment, the runs and the Fashion-MNIST files (data/ may hold a user's own datasets)
 clean:
-	rm -rf $(VENV) data runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache data/FashionMNIST
 
 # Re-resolve the newest versions pyproject.toml allows, in a scratch environment, and pin them.
 lock:

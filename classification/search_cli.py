@@ -26,9 +26,10 @@ configurations trained with EMP at an alpha drawn from the list).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ from gradfilt import search as gs
 from gradfilt.cost import format_bytes, format_flops
 
 from .config import resolve_config
+from .data import ClassificationData
 from .module import ClassificationModule, calibration_batches
 
 __all__ = ["search_main", "measured_accuracies", "plain_model"]
@@ -143,15 +145,9 @@ def _cost_cells(costs: dict) -> str:
     return " | ".join(cells)
 
 
-def search_main(argv: Sequence[str]) -> dict:
-    """``python -m classification search ...`` (see the module docstring).
-
-    Args:
-        argv: the arguments after ``search``.
-
-    Returns:
-        What ``search.json`` holds (the samples written, with ``--sample``).
-    """
+def _parsed(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str], Optional[gs.LatencyModel]]:
+    """The search's own arguments (checked), the run's config arguments, and the latency model of
+    ``--latency-csv``; everything is checked before any work."""
     args, rest = _arguments().parse_known_args(list(argv))
     if args.sample is None and not args.budget:
         raise SystemExit("python -m classification search: give --sample N or at least one --budget")
@@ -159,49 +155,34 @@ def search_main(argv: Sequence[str]) -> dict:
         raise SystemExit(f"--fidelity-batches must be >= 1, got {args.fidelity_batches}")
     latency = None
     if args.latency_csv is not None:  # read before any work: a bad file fails first
-        import csv
-
         if not args.latency_csv.is_file():
             raise SystemExit(f"--latency-csv: no file {args.latency_csv} (write it with python -m latency --out DIR)")
         with open(args.latency_csv, newline="") as f:
             latency = gs.LatencyModel.fit(list(csv.DictReader(f)))
     if any(not 0 < a < 1 for a in args.emp_alphas):
         raise SystemExit(f"--emp-alphas are kept shares in (0, 1), got {args.emp_alphas}")
-    alphas = sorted({1.0, *args.emp_alphas}, reverse=True)
-    config = resolve_config(rest)
-    model, size = plain_model(config)
-    example = torch.zeros(1, 3, size, size)
-    space = gs.search_space(model, example, args.last, args.patch_sizes)
-    if args.sample is not None:
-        labels = _write_samples(space, args.sample, args.seed, alphas[1:], args.out / "samples")
-        print("\n".join(labels))
-        return {"samples": labels, "layers": list(space.layers)}
+    return args, rest, latency
 
-    tables = {a: gs.cost_tables(model, space, size, latency=latency, alpha=a) for a in alphas}
-    budgets = _budgets(args.budget, tables)
-    fixed = [(tag, *_run_of(space, tag, tables, "--fixed")) for tag in args.fixed]
-    data_cfg = config.data.as_dict()
-    from .data import ClassificationData
 
-    data = ClassificationData(**data_cfg)
+def _predictor(model: torch.nn.Module, space: gs.SearchSpace, config, args: argparse.Namespace,
+               alphas: list[float], tables: dict) -> tuple[gs.AccuracyPredictor, dict, np.ndarray]:
+    """The accuracy predictor: gradient fidelity on ``--fidelity-batches`` training batches, fitted on the
+    ``--measured`` runs when given; with the measured samples and the exact-gradient fidelity."""
+    data = ClassificationData(**config.data.as_dict())
     data.setup("fit")
     batches = calibration_batches(data.train_dataloader(), args.fidelity_batches)
     fidelities = gs.gradient_fidelities(model, space, batches, alphas)
-    fidelity = fidelities[1.0]
-    predictor = gs.AccuracyPredictor(fidelity, by_alpha={a: fidelities[a] for a in alphas[1:]})
+    predictor = gs.AccuracyPredictor(fidelities[1.0], by_alpha={a: fidelities[a] for a in alphas[1:]})
     samples = {}
     if args.measured is not None:
         samples = {k: v for k, v in measured_accuracies(args.measured, space).items() if k[1] in tables}
         predictor = predictor.fit([c for c, _ in samples], list(samples.values()), alphas=[a for _, a in samples])
-    result = gs.search_knob(tables, predictor, budgets, check=not args.no_check)
-    measured = measured_accuracies(args.compare, space) if args.compare is not None else {}
+    return predictor, samples, fidelities[1.0]
 
-    method = gs.method_config(space, result.config, result.alpha)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "method.yaml").write_text(
-        f"# python -m classification search, budgets {budgets}: {result.label} over {', '.join(space.layers)}\n"
-        + yaml.safe_dump({"model": {"method": method}}, sort_keys=False))
-    rows = [("searched", result.config, result.alpha)] + fixed
+
+def _compared(space: gs.SearchSpace, rows: list[tuple], tables: dict, budgets: dict,
+              predictor: gs.AccuracyPredictor, measured: dict) -> tuple[list[str], list[dict]]:
+    """The comparison table's Markdown lines and its rows as data, for (name, configuration, alpha) rows."""
     table = ["| configuration | label | fits | predicted | measured | memory | backward FLOPs | latency ms |",
              "|---|---|---|---|---|---|---|---|"]
     summary_rows = []
@@ -216,6 +197,12 @@ def search_main(argv: Sequence[str]) -> dict:
                      f"{'-' if acc is None else f'{100 * acc:.1f}'} | {_cost_cells(costs)} |")
         summary_rows.append({"name": name, "label": label, "fits": fits, "predicted": pred, "measured": acc,
                              **costs})
+    return table, summary_rows
+
+
+def _print_search(space: gs.SearchSpace, alphas: list[float], latency: Optional[gs.LatencyModel],
+                  predictor: gs.AccuracyPredictor, budgets: dict, result: gs.SearchResult, no_check: bool) -> None:
+    """What was searched and how: the space, the models, the budgets, SHGO and the exhaustive check."""
     print(f"search space: {len(space.layers)} layers ({', '.join(space.layers)}) x {{frozen, vanilla, "
           f"{', '.join(f'R{r}' for r in space.patch_sizes)}}} = {space.size:,} configurations"
           + (f", x EMP alpha in {{{', '.join(f'{a:g}' for a in alphas)}}}" if len(alphas) > 1 else ""))
@@ -231,7 +218,7 @@ def search_main(argv: Sequence[str]) -> dict:
     shgo_label = (result.exhaustive or {}).get("shgo_label", result.label)
     print(f"SHGO search: {shgo_label} in {result.seconds:.2f} s ({result.evaluated:,} configurations costed)")
     check = result.exhaustive
-    if check is None and not args.no_check:
+    if check is None and not no_check:
         print(f"exhaustive check skipped: {space.size:,} configurations per alpha (more than "
               f"{gs.EXHAUSTIVE_LIMIT:,})")
     if check is not None:
@@ -239,6 +226,42 @@ def search_main(argv: Sequence[str]) -> dict:
               f"{check['seconds']:.2f} s: " + ("same predicted accuracy" if "shgo_label" not in check else
                                                 f"better than SHGO's {check['shgo_label']} "
                                                 f"({check['shgo_predicted']:.4f}); using it"))
+
+
+def search_main(argv: Sequence[str]) -> dict:
+    """``python -m classification search ...`` (see the module docstring).
+
+    Args:
+        argv: the arguments after ``search``.
+
+    Returns:
+        What ``search.json`` holds (the samples written, with ``--sample``).
+    """
+    args, rest, latency = _parsed(argv)
+    alphas = sorted({1.0, *args.emp_alphas}, reverse=True)
+    config = resolve_config(rest)
+    model, size = plain_model(config)
+    space = gs.search_space(model, torch.zeros(1, 3, size, size), args.last, args.patch_sizes)
+    if args.sample is not None:
+        labels = _write_samples(space, args.sample, args.seed, alphas[1:], args.out / "samples")
+        print("\n".join(labels))
+        return {"samples": labels, "layers": list(space.layers)}
+
+    tables = {a: gs.cost_tables(model, space, size, latency=latency, alpha=a) for a in alphas}
+    budgets = _budgets(args.budget, tables)
+    fixed = [(tag, *_run_of(space, tag, tables, "--fixed")) for tag in args.fixed]
+    predictor, samples, fidelity = _predictor(model, space, config, args, alphas, tables)
+    result = gs.search_knob(tables, predictor, budgets, check=not args.no_check)
+    measured = measured_accuracies(args.compare, space) if args.compare is not None else {}
+
+    method = gs.method_config(space, result.config, result.alpha)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "method.yaml").write_text(
+        f"# python -m classification search, budgets {budgets}: {result.label} over {', '.join(space.layers)}\n"
+        + yaml.safe_dump({"model": {"method": method}}, sort_keys=False))
+    table, summary_rows = _compared(space, [("searched", result.config, result.alpha)] + fixed, tables, budgets,
+                                    predictor, measured)
+    _print_search(space, alphas, latency, predictor, budgets, result, args.no_check)
     print("\n".join(table))
     print(f"wrote {args.out / 'method.yaml'}")
     summary = {"layers": list(space.layers), "patch_sizes": list(space.patch_sizes), "budgets": budgets,

@@ -170,8 +170,7 @@ def plot_conv(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """CLI entry point."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m latency", description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", choices=["conv", "step", "parts"], default="conv")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -198,7 +197,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="--mode step: fold BatchNorm into the convs before each method is applied, as the "
                              "fine-tuning recipes do (needed by sparse_update.yaml and tinytl.yaml)")
     parser.add_argument("--out", type=Path, default=Path("runs/latency"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every argument error, before any work (exits with the usage)."""
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU is visible to torch on this machine")
     if min(args.patch_sizes) < 1 or args.batch < 1 or args.repeats < 1:
@@ -215,51 +218,45 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if mode not in ("always", "madvise"):
             parser.error(f"--malloc hugepages: the kernel's transparent huge pages are '{mode}' here "
                          f"({THP_SETTING}); they must be 'always' or 'madvise'")
-        # torch reads the variable once, at its first allocation: only a fresh process sees it
-        child = [sys.executable, "-m", "latency", *(sys.argv[1:] if argv is None else argv)]
-        return subprocess.call(child, env=os.environ | {THP_ENV: "1"})
-    device = torch.device(args.device)
-    args.out.mkdir(parents=True, exist_ok=True)
-    kernels = ("compiled (gradfilt.ops._kernels)" if native.available()
-               else "pure PyTorch (gradfilt._kernels not built, or GRADFILT_NO_KERNELS set)")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, CPU passes: {kernels}, "
-          f"malloc: {args.malloc}", file=sys.stderr)
-    if args.mode == "step":
-        try:
-            methods = [method_config(path) for path in args.methods]
-        except ValueError as err:
-            parser.error(str(err))
-        # a method without ``layers`` is the same set-up at every N: timed once per arch, with the first N
-        jobs = [(a, n, methods if n == args.layers[0] else [m for i, m in enumerate(methods)
-                                                            if i == 0 or takes_layers(m)])
-                for a in args.archs for n in args.layers]
-        rows = [row for a, n, these in tqdm(jobs, desc="steps")
-                for row in bench_steps(a, n, these, args.batch, args.image_size, device, args.repeats,
-                                       args.fuse_bn)]
-        rows = [row | {"malloc": args.malloc} for row in rows]
-        write_csv(rows, args.out / "step.csv")
-        print(step_markdown(rows))
-        print(f"\nwrote {args.out / 'step.csv'}")
-        return 0
+
+
+def _steps(parser: argparse.ArgumentParser, args: argparse.Namespace, device: torch.device) -> None:
+    """``--mode step``: whole fine-tuning steps of each method, per arch and depth."""
     try:
-        cases = [c for spec in args.cases for c in _load_cases(spec, args.image_size)]
-    except (ValueError, TypeError) as err:
+        methods = [method_config(path) for path in args.methods]
+    except ValueError as err:
         parser.error(str(err))
-    if args.mode == "parts":
-        skipped = [c.name for c in cases if not parts_supported(c, args.patch_sizes)]
-        cases = [c for c in cases if parts_supported(c, args.patch_sizes)]
-        if not cases:
-            parser.error("--mode parts needs ungrouped stride-1 cases whose kernel collapses at every --patch-sizes "
-                         "(dilation < r); none of the given cases is one")
-        if skipped:
-            print(f"--mode parts skips {len(skipped)} grouped, strided or dilated cases: {', '.join(skipped)}",
-                  file=sys.stderr)
-        rows = [row | {"malloc": args.malloc} for case in tqdm(cases, desc="cases")
-                for row in bench_parts(case, args.batch, args.patch_sizes, device, args.repeats, args.min_time)]
-        write_csv(rows, args.out / "parts.csv")
-        print(parts_markdown(rows))
-        print(f"\nwrote {args.out / 'parts.csv'}")
-        return 0
+    # a method without ``layers`` is the same set-up at every N: timed once per arch, with the first N
+    jobs = [(a, n, methods if n == args.layers[0] else [m for i, m in enumerate(methods)
+                                                        if i == 0 or takes_layers(m)])
+            for a in args.archs for n in args.layers]
+    rows = [row for a, n, these in tqdm(jobs, desc="steps")
+            for row in bench_steps(a, n, these, args.batch, args.image_size, device, args.repeats, args.fuse_bn)]
+    rows = [row | {"malloc": args.malloc} for row in rows]
+    write_csv(rows, args.out / "step.csv")
+    print(step_markdown(rows))
+    print(f"\nwrote {args.out / 'step.csv'}")
+
+
+def _parts(parser: argparse.ArgumentParser, args: argparse.Namespace, cases: list, device: torch.device) -> None:
+    """``--mode parts``: the filtered backward's stages, timed one by one."""
+    skipped = [c.name for c in cases if not parts_supported(c, args.patch_sizes)]
+    cases = [c for c in cases if parts_supported(c, args.patch_sizes)]
+    if not cases:
+        parser.error("--mode parts needs ungrouped stride-1 cases whose kernel collapses at every --patch-sizes "
+                     "(dilation < r); none of the given cases is one")
+    if skipped:
+        print(f"--mode parts skips {len(skipped)} grouped, strided or dilated cases: {', '.join(skipped)}",
+              file=sys.stderr)
+    rows = [row | {"malloc": args.malloc} for case in tqdm(cases, desc="cases")
+            for row in bench_parts(case, args.batch, args.patch_sizes, device, args.repeats, args.min_time)]
+    write_csv(rows, args.out / "parts.csv")
+    print(parts_markdown(rows))
+    print(f"\nwrote {args.out / 'parts.csv'}")
+
+
+def _convs(args: argparse.Namespace, cases: list, device: torch.device) -> None:
+    """``--mode conv``: the filtered conv backward against torch's, per case and patch size."""
     rows = []
     for case in tqdm(cases, desc="cases"):
         rows += bench_case(case, args.batch, args.patch_sizes, device, args.repeats, args.min_time)
@@ -268,6 +265,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     plot_conv(rows, args.out / "conv.png")
     print(conv_markdown(rows))
     print(f"\nwrote {args.out / 'conv.csv'} and {args.out / 'conv.png'}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry point (``python -m latency``); ``argv`` replaces sys.argv[1:] when given."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check(parser, args)
+    if args.malloc == "hugepages" and os.environ.get(THP_ENV) != "1":
+        # torch reads the variable once, at its first allocation: only a fresh process sees it
+        child = [sys.executable, "-m", "latency", *(sys.argv[1:] if argv is None else argv)]
+        return subprocess.call(child, env=os.environ | {THP_ENV: "1"})
+    device = torch.device(args.device)
+    cases = []
+    if args.mode != "step":
+        try:
+            cases = [c for spec in args.cases for c in _load_cases(spec, args.image_size)]
+        except (ValueError, TypeError) as err:
+            parser.error(str(err))
+    args.out.mkdir(parents=True, exist_ok=True)
+    kernels = ("compiled (gradfilt.ops._kernels)" if native.available()
+               else "pure PyTorch (gradfilt.ops._kernels not built, or GRADFILT_NO_KERNELS set)")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, CPU passes: {kernels}, "
+          f"malloc: {args.malloc}", file=sys.stderr)
+    if args.mode == "step":
+        _steps(parser, args, device)
+    elif args.mode == "parts":
+        _parts(parser, args, cases, device)
+    else:
+        _convs(args, cases, device)
     return 0
 
 

@@ -144,7 +144,7 @@ def forward_cost(call: LayerCall, batch: int, patch_sums: bool = False) -> int:
 
 
 def pruned_conv_cost(call: LayerCall, grad_input: bool, batch: int, weight: bool = True, bias: bool = False) -> int:
-    """Backward FLOPs of a :class:`~gradfilt.emp.PrunedConv2d`: its backward (exact or filtered) on the
+    """Backward FLOPs of a :class:`~gradfilt.ops.PrunedConv2d`: its backward (exact or filtered) on the
     ceil(alpha * C_out) kept output channels, plus scoring the channels once per step
     (||W_j||_1: C_out * C_in/g * k^2 additions; ||delta_j||_1: B * C_out * H_out * W_out; weighing and
     adding the two: 3 * C_out). Its kept input (x or x~) is the whole layer's: :func:`conv_cost`.

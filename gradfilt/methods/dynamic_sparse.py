@@ -28,10 +28,10 @@ least one), n per layer, the same n every step. Which n changes every step:
   running mean (decay ``score_decay``) of its mean squared weight gradient, updated whenever it
   trains and starting from the calibration gradients.
 
-**Real savings.** A chosen layer becomes a :class:`gradfilt.sparse.SparseConv2d` that moves with
-:meth:`~gradfilt.sparse.SparseConv2d.select`: it keeps only the n trained input channels for
+**Real savings.** A chosen layer becomes a :class:`gradfilt.ops.SparseConv2d` that moves with
+:meth:`~gradfilt.ops.SparseConv2d.select`: it keeps only the n trained input channels for
 backward and computes only their weight-gradient columns; the others are never computed. The
-frozen convs between chosen layers keep nothing (:func:`gradfilt.sparse.lean_frozen_convs`: their
+frozen convs between chosen layers keep nothing (:func:`gradfilt.surgery.lean_frozen_convs`: their
 grad_x needs only the weight). The chosen layers' biases (fold BatchNorm first to have them) and
 the classifier train too; everything else is frozen.
 

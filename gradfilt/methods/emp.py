@@ -2,7 +2,7 @@
 
 The layers that train are chosen as :class:`~gradfilt.methods.Vanilla` chooses them (``layers``:
 the paper's "#Layers" or ``all``, the from-scratch setting; or an explicit ``freeze`` list). Every
-trained dense conv becomes a :class:`gradfilt.emp.PrunedConv2d`: per mini-batch it keeps the top
+trained dense conv becomes a :class:`gradfilt.ops.PrunedConv2d`: per mini-batch it keeps the top
 ``alpha`` share of its error map's output channels by s_j = g1 * ||W_j||_1 + g2 * ||delta_j||_1 and
 runs its backward on those only. ``patch_size`` filters the kept channels (prune, then filter:
 the gradient filter's own backward on the subset). Grouped and depthwise convs keep their exact

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Mapping, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -48,16 +48,25 @@ def estimate(
     check_batch(batch_size)
     h, w = image_size_of(image_size)
     calls = traced_calls(model, h, w, in_channels)
-    layer_names = {c.name for c in calls}
-    conv_names = {c.name for c in calls if isinstance(c.module, nn.Conv2d)}
     if per_layer is not None:
-        unknown = sorted(set(per_layer) - conv_names)
+        unknown = sorted(set(per_layer) - {c.name for c in calls if isinstance(c.module, nn.Conv2d)})
         if unknown:
             raise ValueError(f"patch sizes given for {unknown}, which are not traced Conv2d layers")
     copy_ = copy.deepcopy(model)
-    example = torch.zeros(1, in_channels, h, w)
     if isinstance(trainable, str) and trainable != "all" or not isinstance(trainable, (int, str, Sequence)):
         raise ValueError(f"trainable must be an int, 'all' or a list of layer names, got {trainable!r}")
+    _set_up(copy_, torch.zeros(1, in_channels, h, w), trainable, patch_size, per_layer, calls)
+    report = estimate_configured(copy_, (h, w), batch_size, in_channels)
+    report.patch_size = per_layer if per_layer is not None else patch_size
+    return report
+
+
+def _set_up(copy_: nn.Module, example: torch.Tensor, trainable: Union[int, str, Sequence[str]],
+            patch_size: Union[None, int, Mapping[str, int]], per_layer: Optional[dict], calls: list) -> None:
+    """Set ``copy_`` up as :func:`estimate` describes: the paper's #Layers through Vanilla / GradientFilter, or
+    explicit layer names with filters where ``patch_size`` puts them."""
+    layer_names = {c.name for c in calls}
+    conv_names = {c.name for c in calls if isinstance(c.module, nn.Conv2d)}
     if isinstance(trainable, (int, str)) and not isinstance(trainable, bool):
         if per_layer is None:
             method = Vanilla(layers=trainable) if patch_size is None else GradientFilter(trainable, patch_size)
@@ -77,6 +86,3 @@ def estimate(
         install_filters(copy_, [{"path": n, "patch_size": r, "type": "conv"}
                                 for n, r in sizes.items() if r is not None and n in trainable])
         freeze(copy_, ["", *(f"~{n}" for n in trainable)])
-    report = estimate_configured(copy_, (h, w), batch_size, in_channels)
-    report.patch_size = per_layer if per_layer is not None else patch_size
-    return report

@@ -7,7 +7,7 @@ count selects (``patch_size: r``, the paper's "#Layers + patch size") or where a
 :func:`gradfilt.install_filters`). Filtered layers are :class:`gradfilt.FilteredConv2d` sharing
 the original Parameter objects. All checks (paths, types, patch sizes against dilations) run
 before the first swap. With ``patch_grid`` (the default) every block that holds filtered convs
-and qualifies runs its backward on the patch grid (:mod:`gradfilt.chain`: the same gradients,
+and qualifies runs its backward on the patch grid (:mod:`gradfilt.patchgrid`: the same gradients,
 far fewer saved bytes); :attr:`GradientFilter.patch_grid_report` says which blocks do and why the
 other filtered convs stay per layer.
 """

@@ -20,7 +20,7 @@ indices in range, ratios in (0, 1] or counts in [1, channels]. The classifier (t
 Everything else is frozen, BatchNorm in eval mode.
 
 Savings are real, not masks: a partially updated or bias-only conv becomes a
-:class:`gradfilt.sparse.SparseConv2d`, which keeps only the trained channels' inputs (none for
+:class:`gradfilt.ops.SparseConv2d`, which keeps only the trained channels' inputs (none for
 bias only) and computes only their weight-gradient columns; autograd computes no grad_x below
 the earliest trained layer. ``patch_size`` puts gradient filters on the fully weight-updated
 convs (sparse update + gradient filtering is this one option); partially updated and bias-only

@@ -3,7 +3,7 @@
 Every weight of the network is frozen; what trains is
 
 * the bias of every conv (fold BatchNorm into the convs first). A bias gradient needs only the
-  output gradient, so these convs become bias-only :class:`gradfilt.sparse.SparseConv2d`
+  output gradient, so these convs become bias-only :class:`gradfilt.ops.SparseConv2d`
   layers that keep no input for backward;
 * a *lite residual* beside each block (:class:`LiteResidual`), added to the block's output:
   average pooling (``downsample``), a k x k group conv (``groups`` groups, stride = the block's

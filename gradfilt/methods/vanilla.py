@@ -12,7 +12,7 @@ Which layers train is said in one of two ways:
 Frozen BatchNorm layers stay in eval mode (their running statistics do not move) unless
 ``update_frozen_bn_stats`` (the segmentation "calibration" stage). Keeping every BatchNorm in
 eval mode, trainable or not, is part of a training recipe, not of a method
-(:func:`gradfilt.freeze.keep_bn_eval`, the applications' ``bn_eval`` option).
+(:func:`gradfilt.surgery.keep_bn_eval`, the applications' ``bn_eval`` option).
 """
 
 from __future__ import annotations

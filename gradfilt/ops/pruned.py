@@ -11,7 +11,7 @@ and only the top ``ceil(alpha * C_out)`` channels K take part in the backward:
 
 a conv with |K| output channels, not the dense backward multiplied by a mask. With ``patch_size``
 the kept channels go through the gradient filter's backward
-(:func:`gradfilt.functional.filtered_backward` on the subset; the layer keeps x~ instead of x):
+(:func:`gradfilt.ops.filtered_backward` on the subset; the layer keeps x~ instead of x):
 pruning, then filtering, one implementation of each. Scoring reads delta once and the weight once
 (C_out * (C_in/g * k^2 + N * H * W) additions), which the cost model counts.
 

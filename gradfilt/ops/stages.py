@@ -267,29 +267,40 @@ def patch_grid_grads(g_sum: Tensor, x_sum: Optional[Tensor], weight: Optional[Te
             grad_tap = torch.bmm(g, xs.transpose(1, 2))  # (G, C_out / G, C_in / G)
         grad_w = _repeat_taps(grad_tap, weight_shape, scale)
     if need_x:
-        phases = (axes[0].n_phases, axes[1].n_phases)
-        weight = weight.contiguous()
-        if phases != (1, 1):  # theta~ per stride phase pair: the taps that reach pixels of that phase
-            tap_h, tap_w = axes[0].tap_matrix(weight)[:, 0], axes[1].tap_matrix(weight)[:, 0]  # (Ph, kh), (Pw, kw)
-            theta = torch.einsum("au,bv,ocuv->aboc", tap_h, tap_w, weight).mul_(scale)  # (Ph, Pw, C_out, C_in / G)
-        else:
-            theta = _kernel_sums(weight, scale).view(1, 1, c_out, c_in_g)  # (1, 1, C_out, C_in / G)
-        n_ph = phases[0] * phases[1]
-        if groups == 1 and n_ph == 1:
-            grid = patch_major_grid(g[0], theta.view(c_out, c_in_g), n, hp, wp)  # (N, C_in, 1, Hp, 1, Wp)
-        else:
-            # channel-major grad_x~, all stride phases in one GEMM: its rows are the grid rows the spread widens
-            theta_t = theta.view(*phases, groups, c_out_g, c_in_g)  # (Ph, Pw, G, C_out/G, C_in/G)
-            theta_t = theta_t.permute(2, 4, 0, 1, 3)  # (G, C_in/G, Ph, Pw, C_out/G)
-            theta_t = theta_t.reshape(groups, c_in_g * n_ph, c_out_g)  # (G, (C_in/G, Ph, Pw), C_out/G)
-            if groups == 1:
-                grid = torch.mm(theta_t[0], g[0])[None]  # (1, (C_in, Ph, Pw), B)
-            elif c_out_g * c_in_g <= _TINY:
-                grid = (theta_t[:, :, :, None] * g[:, None, :, :]).sum(2)  # (G, (C_in / G, Ph, Pw), B)
-            else:
-                grid = torch.bmm(theta_t, g)  # (G, (C_in / G, Ph, Pw), B)
-            grid = grid.view(x_shape[1], *phases, n, hp, wp).permute(3, 0, 1, 4, 2, 5)  # (N, C_in, Ph, Hp, Pw, Wp)
+        grid = _grid_input_grad(g, weight, axes, groups, x_shape[1], scale, (n, hp, wp))
     return grid, grad_w, grad_b
+
+
+def _grid_input_grad(g: Tensor, weight: Tensor, axes: tuple[Axis, Axis], groups: int, c_in: int, scale: float,
+                     grid: tuple[int, int, int]) -> Tensor:
+    """grad_x~ per stride phase and patch, (N, C_in, Ph, Hp, Pw, Wp), from g~y as (G, C_out / G, B) and the weight:
+    theta~^T G per phase pair, theta~ the (``scale``d) sum of the kernel taps that reach that phase."""
+    n, hp, wp = grid
+    c_out, c_in_g = weight.shape[:2]
+    c_out_g = c_out // groups
+    phases = (axes[0].n_phases, axes[1].n_phases)
+    weight = weight.contiguous()
+    if phases != (1, 1):  # theta~ per stride phase pair: the taps that reach pixels of that phase
+        tap_h, tap_w = axes[0].tap_matrix(weight)[:, 0], axes[1].tap_matrix(weight)[:, 0]  # (Ph, kh), (Pw, kw)
+        theta = torch.einsum("au,bv,ocuv->aboc", tap_h, tap_w, weight).mul_(scale)  # (Ph, Pw, C_out, C_in / G)
+    else:
+        theta = _kernel_sums(weight, scale).view(1, 1, c_out, c_in_g)  # (1, 1, C_out, C_in / G)
+    n_ph = phases[0] * phases[1]
+    if groups == 1 and n_ph == 1:
+        grid = patch_major_grid(g[0], theta.view(c_out, c_in_g), n, hp, wp)  # (N, C_in, 1, Hp, 1, Wp)
+    else:
+        # channel-major grad_x~, all stride phases in one GEMM: its rows are the grid rows the spread widens
+        theta_t = theta.view(*phases, groups, c_out_g, c_in_g)  # (Ph, Pw, G, C_out/G, C_in/G)
+        theta_t = theta_t.permute(2, 4, 0, 1, 3)  # (G, C_in/G, Ph, Pw, C_out/G)
+        theta_t = theta_t.reshape(groups, c_in_g * n_ph, c_out_g)  # (G, (C_in/G, Ph, Pw), C_out/G)
+        if groups == 1:
+            grid = torch.mm(theta_t[0], g[0])[None]  # (1, (C_in, Ph, Pw), B)
+        elif c_out_g * c_in_g <= _TINY:
+            grid = (theta_t[:, :, :, None] * g[:, None, :, :]).sum(2)  # (G, (C_in / G, Ph, Pw), B)
+        else:
+            grid = torch.bmm(theta_t, g)  # (G, (C_in / G, Ph, Pw), B)
+        grid = grid.view(c_in, *phases, n, hp, wp).permute(3, 0, 1, 4, 2, 5)  # (N, C_in, Ph, Hp, Pw, Wp)
+    return grid
 
 
 def spread_grid(grid: Tensor, axes: tuple[Axis, Axis]) -> Tensor:
@@ -376,6 +387,43 @@ def tap_grad(g: Tensor, x_sum: Tensor) -> Tensor:
     return torch.mm(g, x_sum.T)
 
 
+def _dilated_input_grad(g_mean: Tensor, weight: Tensor, axes: tuple[Axis, Axis], groups: int,
+                        x_shape: Sequence[int]) -> Tensor:
+    """grad_x of a filtered conv with an axis in grid mode: the transposed patch-grid conv of g~y (dilation d / r),
+    one per stride phase pair, spread to full resolution, (N, C_in, H, W)."""
+    ax_h, ax_w = axes
+    grid_dilation = (ax_h.grid_dilation, ax_w.grid_dilation)
+    n, c_in = x_shape[:2]
+    grid_shape = (n, c_in, ax_h.needed[1] - ax_h.needed[0], ax_w.needed[1] - ax_w.needed[0])
+    # theta~ per stride phase: the sum of the taps that reach its pixels, (Ph, Pw, C_out, C_in/g, kh', kw')
+    phase_kernels = torch.einsum(
+        "aiu,bjv,ocuv->abocij", ax_h.tap_matrix(weight), ax_w.tap_matrix(weight), weight
+    )
+    # grad_x on the patch grid = transposed patch-grid conv of g~y, one per phase pair
+    per_phase = torch.stack(
+        [
+            torch.stack(
+                [
+                    conv2d_input(grid_shape, phase_kernels[a, b], g_mean,
+                                 dilation=grid_dilation, groups=groups)
+                    for b in range(ax_w.n_phases)
+                ],
+                dim=3,
+            )
+            for a in range(ax_h.n_phases)
+        ],
+        dim=2,
+    )  # (N, C_in, Ph, Hq, Pw, Wq)
+    flat = per_phase.reshape(
+        n, c_in, ax_h.n_phases * grid_shape[2], ax_w.n_phases * grid_shape[3]
+    )  # (N, C_in, Ph * Hq, Pw * Wq)
+    # every input pixel takes its phase's value at its patch: (N, C_in, H, W)
+    grad_x = flat.index_select(2, ax_h.gather_index(flat.device)).index_select(
+        3, ax_w.gather_index(flat.device)
+    )
+    return grad_x
+
+
 def filtered_backward(grad_y: Tensor, x_sum: Optional[Tensor], weight: Optional[Tensor], axes: tuple[Axis, Axis],
                       groups: int, x_shape: Sequence[int], weight_shape: Sequence[int], need_x: bool, need_w: bool,
                       need_b: bool, grid_output: bool = False
@@ -414,33 +462,6 @@ def filtered_backward(grad_y: Tensor, x_sum: Optional[Tensor], weight: Optional[
         grad_w = grad_kept.expand(weight_shape).contiguous()  # a collapsed axis repeats over its taps
 
     if need_x:
-        n, c_in = x_shape[:2]
-        grid_shape = (n, c_in, ax_h.needed[1] - ax_h.needed[0], ax_w.needed[1] - ax_w.needed[0])
-        # theta~ per stride phase: the sum of the taps that reach its pixels, (Ph, Pw, C_out, C_in/g, kh', kw')
-        phase_kernels = torch.einsum(
-            "aiu,bjv,ocuv->abocij", ax_h.tap_matrix(weight), ax_w.tap_matrix(weight), weight
-        )
-        # grad_x on the patch grid = transposed patch-grid conv of g~y, one per phase pair
-        per_phase = torch.stack(
-            [
-                torch.stack(
-                    [
-                        conv2d_input(grid_shape, phase_kernels[a, b], g_mean,
-                                     dilation=grid_dilation, groups=groups)
-                        for b in range(ax_w.n_phases)
-                    ],
-                    dim=3,
-                )
-                for a in range(ax_h.n_phases)
-            ],
-            dim=2,
-        )  # (N, C_in, Ph, Hq, Pw, Wq)
-        flat = per_phase.reshape(
-            n, c_in, ax_h.n_phases * grid_shape[2], ax_w.n_phases * grid_shape[3]
-        )  # (N, C_in, Ph * Hq, Pw * Wq)
-        # every input pixel takes its phase's value at its patch: (N, C_in, H, W)
-        grad_x = flat.index_select(2, ax_h.gather_index(flat.device)).index_select(
-            3, ax_w.gather_index(flat.device)
-        )
+        grad_x = _dilated_input_grad(g_mean, weight, axes, groups, x_shape)
 
     return grad_x, grad_w, grad_b

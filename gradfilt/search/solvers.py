@@ -152,6 +152,65 @@ def _polish(starts: np.ndarray, tables: CostTables, predictor: AccuracyPredictor
     return np.stack(finished)[_best(np.stack(finished), tables, predictor, budgets)], evaluated
 
 
+def _interp(table: np.ndarray, z: np.ndarray) -> float:
+    """Sum over layers of ``table[layer, level]`` interpolated linearly at the relaxed levels ``z``."""
+    lo = np.clip(np.floor(z).astype(int), 0, table.shape[1] - 2)
+    frac = z - lo
+    rows = np.arange(len(z))
+    return float(((1 - frac) * table[rows, lo] + frac * table[rows, lo + 1]).sum())
+
+
+def _depth_candidates(e: int, tables: CostTables, predictor: AccuracyPredictor, budgets: Mapping[str, float],
+                      levels: np.ndarray, shgo_points: int, max_dims: int) -> Optional[np.ndarray]:
+    """Integer configurations around SHGO's relaxed optima for earliest trained layer ``e`` (None when even
+    the cheapest configuration of that depth does not fit)."""
+    from scipy.optimize import shgo
+
+    k, n = len(tables.space.layers), tables.space.n_choices
+    d = k - e
+    # per tail layer and level: exact costs given e, and the predictor's features
+    own = {m: np.stack([tables.own[m][i, levels[i], e] for i in range(e, k)]) for m in budgets}
+    fid = np.stack([predictor.fidelity[i, levels[i]] for i in range(e, k)])
+    trained = np.stack([(levels[i] != FROZEN).astype(float) for i in range(e, k)])
+    rest = {m: tables.rest[m][e] + sum(tables.own[m][i, FROZEN, e] for i in range(e)) for m in budgets}
+    coef = predictor.coef if predictor.coef is not None else np.array([0.0, 1.0, 0.0])
+    if any(rest[m] + own[m][0, 1] + sum(own[m][j, 0] for j in range(1, d)) > budgets[m] for m in budgets):
+        return None
+    # FLASH's hierarchy inside a depth too: layer e alone, the later layers tied in at most
+    # max_dims - 1 consecutive groups (one relaxed variable each); the polish refines per layer
+    tied = np.array_split(np.arange(1, d), max(1, min(d - 1, max_dims - 1)))
+    groups = [np.array([0])] + [g for g in tied if len(g)]
+    of_layer = np.concatenate([np.full(len(g), j) for j, g in enumerate(groups)])
+
+    def objective(zg: np.ndarray) -> float:
+        z = zg[of_layer]
+        return -(coef[1] * _interp(fid, z) + coef[2] * _interp(trained, z))
+
+    constraints = [{"type": "ineq", "fun": (lambda zg, m=m: (budgets[m] - rest[m] - _interp(own[m], zg[of_layer]))
+                                            / max(budgets[m], 1e-12))} for m in budgets]
+    bounds = [(1.0, n - 1.0)] + [(0.0, n - 1.0)] * (len(groups) - 1)
+    try:
+        found = shgo(objective, bounds, constraints=constraints, n=max(shgo_points, 4 * len(groups)), iters=1,
+                     sampling_method="sobol", minimizer_kwargs={"method": "SLSQP"})
+        local = getattr(found, "xl", None)  # the local minima SHGO found, best first
+        points = [x for x in [found.x, *(list(local[:4]) if local is not None else [])] if x is not None]
+    except (ValueError, np.linalg.LinAlgError, RuntimeError):  # e.g. Qhull on degenerate samples
+        points = []
+    if not points:  # no relaxed point found: start from the cheapest configuration of this depth
+        points = [np.array([1.0] + [0.0] * (len(groups) - 1))]
+    candidates = []
+    for zg in points:
+        choices = [sorted({int(np.floor(v)), int(np.ceil(v))} | {min(n - 1, int(np.ceil(v)) + 1),
+                                                                max(0, int(np.floor(v)) - 1)})
+                   for v in np.clip(zg, 0, n - 1)]
+        choices[0] = [c for c in choices[0] if c >= 1] or [1]
+        tail = np.array(list(itertools.product(*choices)), dtype=np.int64)[:, of_layer]
+        configs = np.zeros((len(tail), k), dtype=np.int64)
+        configs[:, e:] = levels[np.arange(e, k)[None, :], tail]
+        candidates.append(configs)
+    return np.concatenate(candidates)
+
+
 def search(tables: CostTables, predictor: AccuracyPredictor, budgets: Mapping[str, float],
            check: bool = True, shgo_points: int = 16, starts_kept: int = 8, max_dims: int = 6) -> SearchResult:
     """Best predicted configuration under ``budgets`` by FLASH's hierarchical SHGO.
@@ -176,63 +235,17 @@ def search(tables: CostTables, predictor: AccuracyPredictor, budgets: Mapping[st
     Raises:
         NoConfigurationFits (a ValueError) when no configuration fits.
     """
-    from scipy.optimize import shgo
-
     budgets = _check_budgets(tables, budgets)
     full_predictor, predictor = predictor, predictor.at(tables.alpha)
     space = tables.space
-    k, n = len(space.layers), space.n_choices
+    k = len(space.layers)
     levels = _levels(tables)
     start = time.perf_counter()
     candidates = [np.zeros((1, k), dtype=np.int64)]  # nothing trained but the classifier
     for e in range(k):
-        d = k - e
-        # per tail layer and level: exact costs given e, and the predictor's features
-        own = {m: np.stack([tables.own[m][i, levels[i], e] for i in range(e, k)]) for m in budgets}
-        fid = np.stack([predictor.fidelity[i, levels[i]] for i in range(e, k)])
-        trained = np.stack([(levels[i] != FROZEN).astype(float) for i in range(e, k)])
-        rest = {m: tables.rest[m][e] + sum(tables.own[m][i, FROZEN, e] for i in range(e)) for m in budgets}
-        coef = predictor.coef if predictor.coef is not None else np.array([0.0, 1.0, 0.0])
-
-        def interp(table: np.ndarray, z: np.ndarray) -> float:
-            lo = np.clip(np.floor(z).astype(int), 0, n - 2)
-            frac = z - lo
-            rows = np.arange(len(z))
-            return float(((1 - frac) * table[rows, lo] + frac * table[rows, lo + 1]).sum())
-
-        # FLASH's hierarchy inside a depth too: layer e alone, the later layers tied in at most
-        # max_dims - 1 consecutive groups (one relaxed variable each); the polish below refines per layer
-        tied = np.array_split(np.arange(1, d), max(1, min(d - 1, max_dims - 1)))
-        groups = [np.array([0])] + [g for g in tied if len(g)]
-        of_layer = np.concatenate([np.full(len(g), j) for j, g in enumerate(groups)])
-
-        def objective(zg: np.ndarray) -> float:
-            z = zg[of_layer]
-            return -(coef[1] * interp(fid, z) + coef[2] * interp(trained, z))
-
-        constraints = [{"type": "ineq", "fun": (lambda zg, m=m: (budgets[m] - rest[m] - interp(own[m], zg[of_layer]))
-                                                / max(budgets[m], 1e-12))} for m in budgets]
-        bounds = [(1.0, n - 1.0)] + [(0.0, n - 1.0)] * (len(groups) - 1)
-        if any(rest[m] + own[m][0, 1] + sum(own[m][j, 0] for j in range(1, d)) > budgets[m] for m in budgets):
-            continue  # even the cheapest configuration of this depth does not fit
-        try:
-            found = shgo(objective, bounds, constraints=constraints, n=max(shgo_points, 4 * len(groups)), iters=1,
-                         sampling_method="sobol", minimizer_kwargs={"method": "SLSQP"})
-            local = getattr(found, "xl", None)  # the local minima SHGO found, best first
-            points = [x for x in [found.x, *(list(local[:4]) if local is not None else [])] if x is not None]
-        except (ValueError, np.linalg.LinAlgError, RuntimeError):  # e.g. Qhull on degenerate samples
-            points = []
-        if not points:  # no relaxed point found: start from the cheapest configuration of this depth
-            points = [np.array([1.0] + [0.0] * (len(groups) - 1))]
-        for zg in points:
-            choices = [sorted({int(np.floor(v)), int(np.ceil(v))} | {min(n - 1, int(np.ceil(v)) + 1),
-                                                                    max(0, int(np.floor(v)) - 1)})
-                       for v in np.clip(zg, 0, n - 1)]
-            choices[0] = [c for c in choices[0] if c >= 1] or [1]
-            tail = np.array(list(itertools.product(*choices)), dtype=np.int64)[:, of_layer]
-            configs = np.zeros((len(tail), k), dtype=np.int64)
-            configs[:, e:] = levels[np.arange(e, k)[None, :], tail]
-            candidates.append(configs)
+        found = _depth_candidates(e, tables, predictor, budgets, levels, shgo_points, max_dims)
+        if found is not None:
+            candidates.append(found)
     pool = np.unique(np.concatenate(candidates), axis=0)
     evaluated = len(pool)
     pool = pool[tables.fits(tables.evaluate(pool), budgets)]

@@ -30,7 +30,7 @@ class SearchSpace:
         layers: dotted conv names, forward order (earliest first).
         patch_sizes: the filtered choices' r (choice index 2 + j is ``patch_sizes[j]``); r = 1 is the
             filtered op with 1x1 patches, whose gradient is the exact one on stride-1 convs (a check of
-            the proxy; a strided conv's filter collapses its kernel even then, see gradfilt.functional).
+            the proxy; a strided conv's filter collapses its kernel even then, see gradfilt/ops/geometry.py).
         classifier: the classifier layer (always trained).
     """
 

@@ -189,7 +189,7 @@ def classifier_name(model: nn.Module, example_input: Optional[Tensor] = None,
 
 
 def classifier_of(calls: Sequence[LayerCall], conv_fallback: bool = False, model_name: str = "the model") -> str:
-    """:func:`classifier_name` from the calls of a trace already made (:func:`gradfilt.trace.trace_layers`)."""
+    """:func:`classifier_name` from the calls of a trace already made (:func:`gradfilt.surgery.trace_layers`)."""
     linears = [c.name for c in calls if isinstance(c.module, nn.Linear)]
     if not linears and conv_fallback:
         linears = [c.name for c in calls if isinstance(c.module, nn.Conv2d)]

@@ -14,7 +14,7 @@
 #                FLOPs vanilla 2 / 4: 489.20M / 1.14G, R2 2 / 4: 28.32M / 61.53M
 #   MCUNet:      none 4.1 | vanilla 68.5 / 62.1 / 64.9 (9.17MB / 220.50KB / 312.38KB)  | R2 61.8 / 64.4 (72.00KB / 102.00KB)
 #   ResNet-34:   vanilla 70.8 / 69.6 / 72.3 (13.11MB / 196.00KB / 392.00KB)             | R2 68.6 / 70.6 (64.00KB / 128.00KB)
-#                FLOPs vanilla 2 / 4: 489.20M / 1.21G, R2 2 / 4: 28.32M / 64.07M (65.61M with 1000 classes, see gradfilt/cost.py)
+#                FLOPs vanilla 2 / 4: 489.20M / 1.21G, R2 2 / 4: 28.32M / 64.07M (65.61M with 1000 classes, see docs/cost_model.md)
 set -euo pipefail
 PY=${PY:-python}
 RUNS=${RUNS:-runs}

@@ -237,6 +237,7 @@ def test_a_report_row_is_one_model(runs, fmnist_root):
     assert not list(folder.glob("*.part"))
 
 
+@pytest.mark.slow
 def test_fits_started_together_get_their_own_versions_and_a_failed_start_leaves_none(runs, fmnist_root):
     import os
     import subprocess
@@ -264,6 +265,7 @@ def test_fits_started_together_get_their_own_versions_and_a_failed_start_leaves_
     assert os.environ.get("GRADFILT_RUN_VERSION") is None  # later runs in this process reserve their own
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, tag", [("sparse_update", "sparse-b8-w2-r0.5"), ("tinytl", "tinytl")])
 def test_sparse_update_and_tinytl_fine_tune_evaluate_and_keep_frozen_weights(runs, fmnist_root, method, tag):
     from gradfilt.ops.sparse import SparseConv2d

@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 CFG = REPO / "configs" / "classification"
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(fmnist_root, tmp_path):
     out = tmp_path / "digests"
     out.mkdir()

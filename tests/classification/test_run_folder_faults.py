@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from classification.rundir import LOCK_NAME
@@ -58,6 +59,7 @@ def _start(cmd, folder: Path):
     return proc, versions
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points(fmnist_root, tmp_path):
     folder = tmp_path / "runs" / "t" / "resnet18" / "fmnist" / "pretrain"
     proc, _ = _start(_fit(fmnist_root, tmp_path), folder)

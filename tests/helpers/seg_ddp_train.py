@@ -4,7 +4,8 @@ train with segmentation.train, then write this rank's parameter digests to OUT_D
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for helpers.*
+# the repository first (its packages, not tests/'s folders of the same names), then tests/ for helpers.*
+sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
 
 from segmentation import compat  # noqa: E402
 

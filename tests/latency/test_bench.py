@@ -224,6 +224,7 @@ def _faults(mode, env=None):
     return int(out.stdout.split()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_keep_freed_memory_stops_page_faults_on_reallocation():
     pages = 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
@@ -235,6 +236,7 @@ _HUGE = pytest.mark.skipif(bench.huge_pages_mode() not in ("always", "madvise"),
                            reason="the kernel's transparent huge pages are off or absent")
 
 
+@pytest.mark.slow
 @_HUGE
 def test_huge_pages_fault_once_per_huge_page():
     """With THP_MEM_ALLOC_ENABLE=1 a fresh 64 MiB block faults far less than once per 4 KiB page (mostly once
@@ -243,6 +245,7 @@ def test_huge_pages_fault_once_per_huge_page():
     assert _faults("default", {bench.THP_ENV: "1"}) < pages // 10
 
 
+@pytest.mark.slow
 @_HUGE
 def test_cli_malloc_hugepages_runs_in_a_child_and_is_recorded(tmp_path):
     spec = tmp_path / "cases.csv"

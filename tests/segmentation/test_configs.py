@@ -37,7 +37,8 @@ def test_every_model_has_every_method(dataset):
     assert names == {f"{m}_1xb8-20k_{tag}{s}" for m in MODELS for s in METHODS}
 
 
-@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("dataset", [pytest.param(d, marks=pytest.mark.slow) if d == "cityscapes" else d
+                                     for d in DATASETS])  # the same models and methods: VOC in the fast tier
 @pytest.mark.parametrize("model", MODELS)
 def test_layer_selections_apply(model, dataset):
     tag, classes = DATASETS[dataset]
@@ -81,6 +82,7 @@ def test_methods_the_runner_cannot_drive_are_refused_by_name():
         configured_method(cfg)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,backbone_blocks", [("deeplabv3_m-v2-d8", ["backbone.layer6.2", "backbone.layer7.0"]),
                                                     ("deeplabv3_r18-d8", ["backbone.layer4.0", "backbone.layer4.1"])])
 def test_mmseg_blocks_with_frozen_batchnorm_equal_the_per_layer_filters(model, backbone_blocks):

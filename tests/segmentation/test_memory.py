@@ -29,6 +29,7 @@ def test_trained_batchnorms_keep_the_per_layer_bytes_and_frozen_ones_let_the_pat
     assert grid["total"] == grid["conv"] + grid["activation"] + grid["other"]
 
 
+@pytest.mark.slow
 def test_a_config_that_folds_batchnorm_is_measured_folded(capsys):
     saved = main([FILTER5L, "--batch", "2", "--cfg-options", "fuse_bn=True"])
     assert "patch-grid backward: decode_head.aspp_modules.0, " in capsys.readouterr().out

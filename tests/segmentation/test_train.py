@@ -96,6 +96,7 @@ def test_calibration_trains_classifiers_and_bn_statistics(deeplab, fmnist_root):
     assert not torch.equal(runner.model.state_dict()[f"{bn}.running_mean"], start[f"{bn}.running_mean"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, tag", [("sparse_update", "sparse-b8-w2-r0.5"), ("tinytl", "tinytl")])
 def test_sparse_update_and_tinytl_fuse_bn_after_loading_and_keep_frozen_weights(deeplab, fmnist_root, method, tag):
     """fuse_bn = True: the base checkpoint is loaded before folding, so frozen convs hold exactly the
@@ -123,6 +124,7 @@ def test_sparse_update_and_tinytl_fuse_bn_after_loading_and_keep_frozen_weights(
     assert np.isfinite(runner.message_hub.get_scalar("train/loss").current())
 
 
+@pytest.mark.slow
 def test_upernet_filter5l_trains(fmnist_root, tmp_path):
     runner = _train(f"{UPERNET}_filter5l", fmnist_root, tmp_path, "upernet", iters=2)
     filtered = {n: m.patch_size for n, m in runner.model.named_modules() if isinstance(m, FilteredConv2d)}
@@ -186,6 +188,7 @@ def test_the_method_is_applied_before_the_model_is_wrapped(fmnist_root, tmp_path
     assert len(seen["filtered"]) == 5 and seen["trainable"] == _trainable(runner.model)
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_through_torchrun(deeplab, fmnist_root):
     """``torchrun --nproc-per-node 2 ... --launcher pytorch`` without a GPU: gloo, CPU DDP."""
     import json
@@ -223,6 +226,7 @@ def test_ddp_two_cpu_processes_through_torchrun(deeplab, fmnist_root):
             assert digest == begin[name], name  # frozen: bit-identical
 
 
+@pytest.mark.slow
 def test_fmnist_seg_script_runs_shortened(fmnist_root, tmp_path):
     """The launcher's stages start from the base run's last checkpoint, whatever --cfg-options max_iters says."""
     import os

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from segmentation.runner import repair_work_dir
@@ -44,6 +45,7 @@ def _check_loadable(work: Path) -> None:
         assert {"state_dict", "meta", "optimizer"} <= set(state), ckpt
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points(fmnist_root, tmp_path):
     work = tmp_path / "work"
     proc = _start(_train(fmnist_root, tmp_path), work)

@@ -1,4 +1,4 @@
-"""The compiled passes (gradfilt/_kernels.cpp via gradfilt/_native.py) against plain torch, and
+"""The compiled passes (gradfilt/ops/_kernels.cpp via gradfilt/ops/native.py) against plain torch, and
 the whole op with the kernels against the op on its pure-PyTorch fallback."""
 
 import os
@@ -11,7 +11,7 @@ from test_filtered import EXACT, GENERAL, make_case, ref_backward, run_filtered
 
 from gradfilt.ops import native as _native, patch_sum
 
-needs_kernels = pytest.mark.skipif(not _native.available(), reason="gradfilt._kernels is not built")
+needs_kernels = pytest.mark.skipif(not _native.available(), reason="gradfilt.ops._kernels is not built")
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def test_kernels_are_built_where_a_compiler_exists():
         pytest.skip("disabled by GRADFILT_NO_KERNELS")
     if not (shutil.which("c++") or shutil.which("g++")):
         pytest.skip("no C++ compiler: the package runs on its pure-PyTorch path")
-    assert _native.available(), "the package build did not produce gradfilt._kernels (run `make setup` again)"
+    assert _native.available(), "the package build did not produce gradfilt.ops._kernels (run `make setup` again)"
 
 
 def integer_map(shape, dtype, seed=0):
@@ -77,7 +77,7 @@ def test_patch_major_sums_tile_many_channels(r, simd):
         assert major.permute(1, 2, 3, 0).is_contiguous()
 
 
-@pytest.mark.skipif(not _native.has_avx512(), reason="no AVX-512 on this CPU (or gradfilt._kernels not built)")
+@pytest.mark.skipif(not _native.has_avx512(), reason="no AVX-512 on this CPU (or gradfilt.ops._kernels not built)")
 @pytest.mark.parametrize("r", [2, 4])
 @pytest.mark.parametrize("h,w", [(14, 14), (28, 28), (8, 16), (5, 33), (3, 70), (1, 1), (9, 161)])
 def test_avx512_patch_sums_give_the_bits_of_the_portable_loops(h, w, r):
