@@ -35,7 +35,7 @@ The pieces, each usable on its own:
 """
 
 from .accuracy import AccuracyPredictor, gradient_fidelities, gradient_fidelity, spearman
-from .latency import LatencyModel
+from .latency_model import LatencyModel
 from .solvers import NoConfigurationFits, SearchResult, exhaustive, pareto_front, parse_budget, search, search_knob
 from .space import (BUDGETS, EXHAUSTIVE_LIMIT, FROZEN, VANILLA, SearchSpace, budget_text, config_from_tag, earliest,
                     method_config, method_tag, run_from_tag, sample_configs, search_space)

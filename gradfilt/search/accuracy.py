@@ -16,6 +16,8 @@ from ..ops.filtered import filtered_conv2d
 from ..ops.pruned import channel_scores, kept_channels
 from .space import FROZEN, SearchSpace, VANILLA
 
+__all__ = ["gradient_fidelity", "gradient_fidelities", "spearman", "AccuracyPredictor"]
+
 
 def gradient_fidelity(model: nn.Module, space: SearchSpace, batches: Iterable[tuple[Tensor, Tensor]],
                       loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy, alpha: float = 1.0,

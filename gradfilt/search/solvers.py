@@ -13,6 +13,9 @@ from .accuracy import AccuracyPredictor
 from .space import BUDGETS, EXHAUSTIVE_LIMIT, FROZEN
 from .tables import CostTables
 
+__all__ = ["parse_budget", "NoConfigurationFits", "SearchResult", "exhaustive", "search", "search_knob",
+           "pareto_front"]
+
 
 def parse_budget(text: str) -> tuple[str, float]:
     """``memory=16KB``, ``flops=8M``, ``latency=12`` (ms) -> (metric, value)."""

@@ -15,6 +15,9 @@ from ..ops.geometry import check_patch_size
 from ..surgery.freeze import classifier_of
 from ..surgery.trace import trace_layers
 
+__all__ = ["FROZEN", "VANILLA", "EXHAUSTIVE_LIMIT", "BUDGETS", "SYMBOLS", "SearchSpace", "search_space", "earliest",
+           "method_config", "method_tag", "run_from_tag", "config_from_tag", "sample_configs", "budget_text"]
+
 
 FROZEN, VANILLA = 0, 1
 EXHAUSTIVE_LIMIT = 10 ** 7  # search(check=True) enumerates spaces up to this many configurations

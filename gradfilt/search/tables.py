@@ -12,8 +12,10 @@ from torch import Tensor, nn
 
 from ..cost import conv_cost, emp_conv_cost, image_size_of, linear_cost, traced_calls
 from ..surgery.trace import LayerCall, trace_layers
-from .latency import LatencyModel
+from .latency_model import LatencyModel
 from .space import FROZEN, SearchSpace, earliest
+
+__all__ = ["CostTables", "grad_flags", "cost_tables"]
 
 
 @dataclass

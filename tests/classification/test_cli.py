@@ -342,3 +342,12 @@ def test_early_instance_filter_wrapping_error_map_pruning_trains_from_scratch(fm
     assert row["computation_saved"] == pytest.approx(1 - row["training_flops"] / (full.forward_flops
                                                                                  + full.backward_flops), rel=1e-6)
     assert row["step_seconds"] > 0
+
+
+def test_help_lists_the_five_subcommands_and_not_predict(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "{fit,validate,test,cost,search}" in out and "{fit,validate,test}" in out.split("usage:")[1]
+    assert "predict" not in out

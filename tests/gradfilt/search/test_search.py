@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gradfilt import search as gs
-from gradfilt.search.latency import conv_call
+from gradfilt.search.latency_model import conv_call
 from gradfilt.search.solvers import _checked
 from gradfilt.cost import estimate_configured
 from gradfilt.surgery.fuse import fuse_bn

@@ -13,6 +13,8 @@ from torch import nn
 from ..cost import conv_cost, linear_cost
 from ..surgery.trace import LayerCall
 
+__all__ = ["conv_call", "LatencyModel"]
+
 
 def conv_call(row: Mapping) -> LayerCall:
     """A LayerCall for a benchmark row's geometry (the conv on the meta device: no memory)."""
