@@ -159,12 +159,17 @@ class ClassificationCLI(LightningCLI):
                 version.parent.rmdir()
 
     def before_instantiate_classes(self) -> None:
-        """Resolve ``--ckpt_path last`` (the run folder's newest checkpoint) and an exported ``best.ckpt`` (the
-        fit's own checkpoint it was copied from, recorded in config.yaml so the report knows which model an
-        evaluation belongs to even after a later fit), before anything is built."""
+        """Load every checkpoint weights-only (a local file or a URL: a checkpoint that names code to run is
+        refused, never run), resolve ``--ckpt_path last`` (the run folder's newest checkpoint) and an exported
+        ``best.ckpt`` (the fit's own checkpoint it was copied from, recorded in config.yaml so the report knows
+        which model an evaluation belongs to even after a later fit), before anything is built."""
         if self.subcommand is None:
             return
         cfg = self.config[self.subcommand]
+        if cfg.get("weights_only") is False:
+            raise ValueError(f"{self.subcommand} --weights_only false: checkpoints are loaded weights-only here "
+                             f"(a full unpickle runs whatever code the file names); leave --weights_only out")
+        cfg["weights_only"] = True
         ckpt = cfg.get("ckpt_path")
         if ckpt == "last":
             cfg["ckpt_path"] = str(last_checkpoint(self._run_folder()))

@@ -7,18 +7,21 @@ them) does not compile against torch >= 2.10. :func:`install` registers a module
 naming the op when it is called or instantiated, never at import. With full mmcv installed
 it leaves ``mmcv.ops`` alone.
 
-torch >= 2.6 loads checkpoints with ``weights_only=True`` by default, and mmengine's own
-checkpoints hold its ``HistoryBuffer`` (with bound statistics methods, pickled through
-``getattr``) and numpy arrays and scalars, so ``load_from`` / ``resume`` / testing fail on
-them. :func:`install` also replaces mmengine's local-file checkpoint loader by one that keeps
-``weights_only=True`` and allows exactly those types (``MMENGINE_CHECKPOINT_GLOBALS``).
+Checkpoints load weights-only, whatever their scheme. mmengine's own checkpoints hold its
+``HistoryBuffer`` (its statistics methods pickled as ``getattr(HistoryBuffer, name)``) and numpy arrays
+and scalars, which torch's weights-only unpickler refuses by default, so :func:`install` replaces
+mmengine's local-file loader by one that allows exactly those types (``MMENGINE_CHECKPOINT_GLOBALS``;
+``getattr`` only as :func:`history_getattr`, which serves HistoryBuffer's statistics methods and
+nothing else), and the download behind ``http(s)://``, ``open-mmlab://``, ``mmcls://`` and
+``torchvision://`` by one that loads the downloaded file the same way (mmengine's own unpickles it
+fully, running whatever code the file names).
 """
 
 from __future__ import annotations
 
-import builtins
 import importlib
 import os.path as osp
+import pickle
 import sys
 import types
 
@@ -29,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["MissingOpError", "install", "point_sample", "STAND_IN_OPS", "MMENGINE_CHECKPOINT_GLOBALS",
-           "load_local_checkpoint"]
+           "load_local_checkpoint", "load_url_weights_only", "history_getattr"]
 
 
 class MissingOpError(RuntimeError):
@@ -84,11 +87,25 @@ def _module_getattr(name: str):
     return _Missing(name)
 
 
+def history_getattr(owner, name: str):
+    """What a checkpoint's ``getattr(owner, name)`` may return: one of HistoryBuffer's statistics methods.
+
+    Raises:
+        pickle.UnpicklingError: for anything else (a crafted file reaching for ``eval`` or ``os.system``).
+    """
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    if owner is HistoryBuffer and isinstance(name, str) and name in HistoryBuffer._statistics_methods:
+        return getattr(owner, name)
+    raise pickle.UnpicklingError(f"the checkpoint asks for getattr({owner!r}, {name!r}); only HistoryBuffer's "
+                                 f"statistics methods {sorted(HistoryBuffer._statistics_methods)} are allowed")
+
+
 def _checkpoint_globals() -> list:
     from mmengine.logging.history_buffer import HistoryBuffer
 
     core = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
-    return [HistoryBuffer, builtins.getattr, np.ndarray, np.dtype, core.multiarray._reconstruct,
+    return [HistoryBuffer, (history_getattr, "builtins.getattr"), np.ndarray, np.dtype, core.multiarray._reconstruct,
             core.multiarray.scalar, *{type(np.dtype(t)) for t in (np.float32, np.float64, np.int64, np.int32)}]
 
 
@@ -109,15 +126,33 @@ def load_local_checkpoint(filename: str, map_location=None):
         return torch.load(filename, map_location=map_location, weights_only=True)
 
 
+def load_url_weights_only(url: str, model_dir=None, map_location=None, progress: bool = True, **kwargs):
+    """mmengine's download-and-load for remote checkpoints (``load_url``), loading the file weights-only with
+    mmengine's own types allowed.
+
+    Args:
+        url: the checkpoint's address.
+        model_dir: where the download is kept (default: torch's hub folder).
+        map_location: as in ``torch.load``.
+        progress: show a progress bar.
+        **kwargs: passed on to ``torch.hub.load_state_dict_from_url`` (``check_hash``, ``file_name``).
+    """
+    with torch.serialization.safe_globals(MMENGINE_CHECKPOINT_GLOBALS):
+        return torch.hub.load_state_dict_from_url(url, model_dir=model_dir, map_location=map_location,
+                                                  progress=progress, weights_only=True, **kwargs)
+
+
 def install() -> bool:
     """Make mmseg 1.x usable here: the ``mmcv.ops`` stand-in if needed, and torch 2.x checkpoint loading.
 
     Returns:
         True if the ``mmcv.ops`` stand-in is in use (installed now or earlier), False if the real one is.
     """
+    from mmengine.runner import checkpoint
     from mmengine.runner.checkpoint import CheckpointLoader
 
     CheckpointLoader.register_scheme(prefixes="", loader=load_local_checkpoint, force=True)
+    checkpoint.load_url = load_url_weights_only  # behind http(s)://, open-mmlab://, mmcls://, torchvision://
     current = sys.modules.get("mmcv.ops")
     if current is not None:
         return getattr(current, "_gradfilt_stand_in", False)

@@ -200,9 +200,12 @@ class Method:
 
 
 def _plain(value: Any) -> Any:
-    """Config values as plain Python (dataclasses such as FilterSpec become dicts)."""
+    """Config values as plain Python: dataclasses such as FilterSpec become dicts, a wrapped method its own
+    ``{class_path, init_args}`` config (a checkpoint's hyper-parameters must load weights-only)."""
     import dataclasses
 
+    if isinstance(value, Method):
+        return value.config()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     if isinstance(value, Mapping):

@@ -342,6 +342,11 @@ def test_early_instance_filter_wrapping_error_map_pruning_trains_from_scratch(fm
     assert row["computation_saved"] == pytest.approx(1 - row["training_flops"] / (full.forward_flops
                                                                                  + full.backward_flops), rel=1e-6)
     assert row["step_seconds"] > 0
+    # the checkpoint records the wrapped method as plain data: test and resume load it weights-only
+    tested = main(["test", *args, "--ckpt_path", str(folder / "best.ckpt")])
+    assert 0 <= float(tested.trainer.callback_metrics["Test/Acc"]) <= 1
+    resumed = main(["fit", *args, "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    assert resumed.trainer.current_epoch == 2 and resumed.model.method.tag == method.tag
 
 
 def test_help_lists_the_five_subcommands_and_not_predict(capsys):
@@ -351,3 +356,53 @@ def test_help_lists_the_five_subcommands_and_not_predict(capsys):
     out = capsys.readouterr().out
     assert "{fit,validate,test,cost,search}" in out and "{fit,validate,test}" in out.split("usage:")[1]
     assert "predict" not in out
+
+
+def test_a_remote_checkpoint_that_runs_code_is_refused(fmnist_root, tmp_path):
+    import pickle
+
+    from helpers.crafted import code_running_checkpoint, served
+
+    marker = tmp_path / "code_ran"
+    code_running_checkpoint(tmp_path / "evil.ckpt", marker)
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        with served(tmp_path) as url, pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+            main(["validate", *_args(fmnist_root, tmp_path, "--ckpt_path", f"{url}/evil.ckpt")])
+    finally:
+        torch.hub.set_dir(old)
+    assert not marker.exists()
+
+
+def test_a_full_unpickle_cannot_be_asked_for(fmnist_root, tmp_path):
+    with pytest.raises(ValueError, match="checkpoints are loaded weights-only here"):
+        main(["validate", *_args(fmnist_root, tmp_path, "--weights_only", "false")])
+
+
+@pytest.mark.parametrize("config", [c if c in ("eif.yaml", "r2.yaml") else pytest.param(c, marks=pytest.mark.slow)
+                                    for c in sorted(p.name for p in (CFG / "methods").glob("*.yaml"))])
+def test_every_methods_hyper_parameters_load_weights_only(fmnist_root, tmp_path, config):
+    """What a checkpoint records of the method (as the CLI builds it) is plain data: it loads weights-only and
+    rebuilds the same method."""
+    import io
+
+    from gradfilt.methods import build_method
+
+    cli = main([*_args(fmnist_root, tmp_path, "--model.fuse_bn", "true", configs=[CFG / "methods" / config])],
+               run=False)
+    buffer = io.BytesIO()
+    torch.save({"hyper_parameters": dict(cli.model.hparams)}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)["hyper_parameters"]["method"]
+    assert build_method(saved).config() == saved == cli.model.method.config()
+
+
+def test_every_registered_method_has_a_config():
+    import yaml
+
+    from gradfilt.methods import METHODS, method_class
+
+    used = {method_class(yaml.safe_load(p.read_text())["model"]["method"]["class_path"])
+            for p in (CFG / "methods").glob("*.yaml")}
+    assert set(METHODS.values()) <= used

@@ -74,3 +74,71 @@ def test_mmseg_deeplabv3_r18_builds_and_runs():
     with torch.no_grad():
         out = model(torch.randn(2, 3, 64, 64), mode="tensor")
     assert out.shape == (2, 19, 8, 8)  # output stride 8, Cityscapes' 19 classes
+
+
+@pytest.fixture
+def hub_dir(tmp_path):
+    """torch's hub folder (where downloads are cached) inside the test's folder."""
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    yield tmp_path / "hub"
+    torch.hub.set_dir(old)
+
+
+@pytest.mark.parametrize("scheme", ["http", "open-mmlab"])
+def test_a_remote_checkpoint_that_runs_code_is_refused(tmp_path, hub_dir, monkeypatch, scheme):
+    import pickle
+
+    from helpers.crafted import code_running_checkpoint, served
+    from mmengine.runner import checkpoint
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    compat.install()
+    marker = tmp_path / "code_ran"
+    code_running_checkpoint(tmp_path / "evil.pth", marker)
+    with served(tmp_path) as url:
+        name = f"{url}/evil.pth"
+        if scheme == "open-mmlab":  # a model-zoo name that resolves to the address
+            monkeypatch.setattr(checkpoint, "get_external_models", lambda address=name: {"evil": address})
+            name = "open-mmlab://evil"
+        with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+            CheckpointLoader.load_checkpoint(name, map_location="cpu")
+    assert not marker.exists()
+
+
+def test_a_remote_mmengine_checkpoint_loads(tmp_path, hub_dir):
+    from helpers.crafted import served
+    from mmengine.logging.history_buffer import HistoryBuffer
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    compat.install()
+    history = HistoryBuffer()
+    history.update(2.0)
+    torch.save({"state_dict": {"w": torch.ones(2)}, "message_hub": {"loss": history}}, tmp_path / "good.pth")
+    with served(tmp_path) as url:
+        loaded = CheckpointLoader.load_checkpoint(f"{url}/good.pth", map_location="cpu")
+    assert torch.equal(loaded["state_dict"]["w"], torch.ones(2))
+    assert loaded["message_hub"]["loss"].mean() == 2.0
+
+
+class _ReachesFor:
+    """Pickled as getattr(owner, name): what a crafted file uses to climb to eval or os.system."""
+
+    def __init__(self, owner, name):
+        self.owner, self.name = owner, name
+
+    def __reduce__(self):
+        return getattr, (self.owner, self.name)
+
+
+@pytest.mark.parametrize("name", ["__init__", "update", "__class__"])
+def test_getattr_in_a_checkpoint_serves_only_the_history_buffers_statistics(tmp_path, name):
+    import pickle
+
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    torch.save({"x": _ReachesFor(HistoryBuffer, name)}, tmp_path / "crafted.pth")
+    with pytest.raises(pickle.UnpicklingError, match=rf"getattr\(.*HistoryBuffer.*'{name}'\)"):
+        compat.load_local_checkpoint(str(tmp_path / "crafted.pth"))
+    torch.save({"x": _ReachesFor(HistoryBuffer, "mean")}, tmp_path / "fine.pth")
+    assert compat.load_local_checkpoint(str(tmp_path / "fine.pth"))["x"] is HistoryBuffer.mean
