@@ -166,6 +166,7 @@ class ClassificationCLI(LightningCLI):
         if self.subcommand is None:
             return
         cfg = self.config[self.subcommand]
+        self._run_folder()  # a run name that would leave the runs folder fails here, before any folder is made
         if cfg.get("weights_only") is False:
             raise ValueError(f"{self.subcommand} --weights_only false: checkpoints are loaded weights-only here "
                              f"(a full unpickle runs whatever code the file names); leave --weights_only out")

@@ -29,11 +29,26 @@ __all__ = ["write_atomically", "AtomicCheckpointIO", "reserve_version", "sweep",
            "LOCK_NAME"]
 
 LOCK_NAME = ".lock"
-_EXPORT_PART = re.compile(r".*\.(version_\d+)\.part")
+# the part files of exported checkpoints: best.ckpt / best.json, named after their fit's version (or not, as
+# older gradfilt wrote them); no other part file in a run folder is gradfilt's to remove
+_EXPORT_PART = re.compile(r"best\.(?:ckpt|json)(?:\.(version_\d+))?\.part")
 
 
 def run_dir(runs_dir: str, table: str, arch: str, dataset: str, name: str) -> Path:
-    """``<runs_dir>/<table>/<arch>/<dataset>/<name>``, the folder of one method's runs."""
+    """``<runs_dir>/<table>/<arch>/<dataset>/<name>``, the folder of one method's runs.
+
+    Raises:
+        ValueError: ``table`` or ``name`` is not one plain folder name, or ``arch`` / ``dataset`` would lead
+            outside ``runs_dir`` (absolute, ``..``): a run folder always lies inside ``runs_dir``.
+    """
+    for key, value, parts in (("table", table, 1), ("run_name", name, 1), ("arch", arch, None),
+                              ("dataset", dataset, 1)):
+        pieces = str(value).replace("\\", "/").split("/")
+        if (not str(value) or Path(str(value)).is_absolute() or any(p in ("", ".", "..") for p in pieces)
+                or parts is not None and len(pieces) > parts):
+            raise ValueError(f"{key} {value!r} is not a valid folder name under the runs folder: give one name "
+                             f"without '/', '\\', '.' or '..'" + (" (an arch may be timm/<name>)" if parts is None
+                                                                    else ""))
     return Path(runs_dir) / table / arch / dataset / name
 
 
@@ -88,8 +103,8 @@ def _live(version: Path) -> bool:
 def sweep(folder: Path) -> list[Path]:
     """Remove what dead runs of a run folder left behind; returns the removed paths.
 
-    Removed: ``*.part`` files of dead runs (in their version folders, and exported-checkpoint parts
-    named after their version), version folders of dead runs that hold no checkpoint, and the lock
+    Removed: ``*.part`` files of dead runs (in their version folders, and the exported checkpoint's
+    ``best.ckpt`` / ``best.json`` parts named after their version), version folders of dead runs that hold no checkpoint, and the lock
     files of dead runs that do (their checkpoints stay, to resume from). A version
     folder without a lock file (made by an older gradfilt, or by Lightning for another rank) is
     only swept of its parts.
@@ -104,7 +119,7 @@ def sweep(folder: Path) -> list[Path]:
             dead[version.name] = not _live(version)
     for part in folder.glob("*.part"):
         match = _EXPORT_PART.fullmatch(part.name)
-        if match is None or dead.get(match.group(1), True):
+        if match is not None and dead.get(match.group(1), True):
             part.unlink(missing_ok=True)
             removed.append(part)
     for name, is_dead in dead.items():
