@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -24,6 +26,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from jsonargparse import Namespace
 
 from .data import ClassificationData, num_classes_of
@@ -79,6 +82,10 @@ class ClassificationCLI(LightningCLI):
     def __init__(self, *args, **kwargs) -> None:
         try:
             super().__init__(*args, **kwargs)
+        except SIGTERMException:  # Lightning ends the loop cleanly and exits with code 0: a scheduler must see it
+            self._end_version(failed=True)
+            print("stopped by SIGTERM: exiting with code 143 (the checkpoints stay, to resume from)", file=sys.stderr)
+            raise SystemExit(128 + signal.SIGTERM) from None
         except BaseException:
             self._end_version(failed=True)
             raise

@@ -104,8 +104,9 @@ def sweep(folder: Path) -> list[Path]:
     """Remove what dead runs of a run folder left behind; returns the removed paths.
 
     Removed: ``*.part`` files of dead runs (in their version folders, and the exported checkpoint's
-    ``best.ckpt`` / ``best.json`` parts named after their version), version folders of dead runs that hold no checkpoint, and the lock
-    files of dead runs that do (their checkpoints stay, to resume from). A version
+    ``best.ckpt`` / ``best.json`` parts named after their version), version folders of dead runs that
+    hold no checkpoint, and the lock files of dead runs that do (their checkpoints stay, to resume
+    from). A version
     folder without a lock file (made by an older gradfilt, or by Lightning for another rank) is
     only swept of its parts.
     """

@@ -93,3 +93,17 @@ def test_sigkill_at_random_points(fmnist_root, tmp_path):
         source = Path(json.loads((folder / "best.json").read_text())["checkpoint"])
         assert digests[folder / "best.ckpt"] == digests[source]
     print("kill points and what each killed fit had written:", *killed, sep="\n")
+
+
+@pytest.mark.slow
+def test_sigterm_exits_non_zero_and_keeps_the_checkpoints(fmnist_root, tmp_path):
+    """Lightning ends the loop cleanly on SIGTERM; the process must still say it was stopped."""
+    folder = tmp_path / "runs" / "t" / "resnet18" / "fmnist" / "pretrain"
+    proc, _ = _start(_fit(fmnist_root, tmp_path, "--trainer.max_epochs", "50"), folder)
+    while not list(folder.glob("version_*/checkpoints/*.ckpt")) and proc.poll() is None:
+        time.sleep(0.05)  # one epoch done: something to keep
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "stopped by SIGTERM" in err
+    assert list(folder.glob("version_*/checkpoints/*.ckpt"))
