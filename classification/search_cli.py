@@ -123,20 +123,21 @@ def _write_samples(space: gs.SearchSpace, count: int, seed: int, emp_alphas: Seq
                    ) -> list[str]:
     """Method configs of ``count`` sampled configurations (and a third as many again with error-map pruning at
     an alpha drawn from ``emp_alphas``) as ``folder/<label>.yaml``, replacing the YAML files there; the labels."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("*.yaml"):  # the folder holds one sampling: the launcher runs every file in it
-        stale.unlink()
     rng = np.random.default_rng(seed)
-    runs = [(c, 1.0) for c in gs.sample_configs(space, count, seed)]
+    runs = [(c, 1.0) for c in gs.sample_configs(space, count, seed)]  # a bad count fails here, before any change
     if emp_alphas:
         runs += [(c, float(rng.choice(emp_alphas))) for c in gs.sample_configs(space, -(-count // 3), seed + 1)]
-    labels = []
+    files = {}
     for config, alpha in runs:
         label = space.label(config, alpha)
         text = yaml.safe_dump({"model": {"method": gs.method_config(space, config, alpha)}}, sort_keys=False)
-        (folder / f"{label}.yaml").write_text(f"# searched layers {', '.join(space.layers)}: {label}\n{text}")
-        labels.append(label)
-    return labels
+        files[label] = f"# searched layers {', '.join(space.layers)}: {label}\n{text}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.yaml"):  # the folder holds one sampling: the launcher runs every file in it
+        stale.unlink()
+    for label, text in files.items():
+        (folder / f"{label}.yaml").write_text(text)
+    return list(files)
 
 
 def _cost_cells(costs: dict) -> str:

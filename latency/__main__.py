@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import math
 import os
 import statistics
@@ -34,8 +35,9 @@ from typing import Optional, Sequence, Union
 import torch
 from tqdm import tqdm
 
-from gradfilt.ops import native
 from gradfilt.cost import format_flops
+from gradfilt.models import ARCHS, TIMM_PREFIX
+from gradfilt.ops import native
 
 from .bench import (PARTS, THP_ENV, THP_SETTING, ConvCase, bench_case, bench_parts, bench_steps, huge_pages_mode,
                     keep_freed_memory, method_config, model_cases, parts_supported, table10_cases, takes_layers,
@@ -55,8 +57,18 @@ def _load_cases(spec: str, image_size: int = 224) -> list[ConvCase]:
     if not path.is_file():
         raise ValueError(f"unknown case set {spec!r}: valid sets are {sorted(CASE_SETS)} or a CSV file")
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [ConvCase(row.pop("name"), **{k: int(v) for k, v in row.items() if v != ""}) for row in rows]
+        reader = csv.DictReader(f)
+        rows, columns = list(reader), set(reader.fieldnames or ())
+    fields = [f.name for f in dataclasses.fields(ConvCase)]
+    required = [f.name for f in dataclasses.fields(ConvCase) if f.default is dataclasses.MISSING]
+    if not rows or not set(required) <= columns or not columns <= set(fields):
+        raise ValueError(f"{spec}: a case file is a CSV with the columns {required} (and optionally "
+                         f"{[f for f in fields if f not in required]}) and one row per case; it has the columns "
+                         f"{sorted(columns)} and {len(rows)} rows")
+    try:
+        return [ConvCase(row.pop("name"), **{k: int(v) for k, v in row.items() if v != ""}) for row in rows]
+    except ValueError as err:
+        raise ValueError(f"{spec}: every value but the name is an integer ({err})") from None
 
 
 def _kb(nbytes: float) -> str:
@@ -208,6 +220,11 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--patch-sizes, --batch and --repeats must be >= 1")
     if args.min_time < 0:
         parser.error("--min-time must be >= 0")
+    if args.image_size < 8:
+        parser.error(f"--image-size must be >= 8 (pixels), got {args.image_size}")
+    unknown = [a for a in args.archs if a not in ARCHS and not a.startswith(TIMM_PREFIX)]
+    if unknown:
+        parser.error(f"--archs: unknown {unknown}; valid: {sorted(ARCHS)} or {TIMM_PREFIX}<name>")
     if args.malloc == "heap":
         try:
             keep_freed_memory()

@@ -27,6 +27,7 @@ import functools
 import inspect
 import itertools
 import math
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -569,8 +570,17 @@ def _step(model: nn.Module, method, opt: torch.optim.Optimizer, counter: Iterato
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    """Rows to CSV (columns of the first row)."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    """Rows to CSV (columns of the first row), through a part file renamed into place: a failed or killed
+    write leaves the previous file as it was."""
+    if not rows:
+        raise ValueError(f"no rows to write to {path}")
+    part = path.with_name(path.name + ".part")
+    try:
+        with open(part, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise

@@ -104,3 +104,12 @@ def test_search_refuses_bad_input_before_any_work(fmnist_root, tmp_path):
     with pytest.raises(ValueError, match="latency-csv"):
         main(["search", *args, "--last", "2", "--budget", "latency=R2-2L"])
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_bad_sample_count_leaves_the_previous_samples(fmnist_root, tmp_path):
+    samples = tmp_path / "search" / "samples"
+    samples.mkdir(parents=True)
+    (samples / "____VV22.yaml").write_text("model: {}\n")
+    with pytest.raises(ValueError, match=r"count must be in \[1, "):
+        main(["search", *_args(fmnist_root, tmp_path), "--last", "2", "--sample", "0", "--out", str(tmp_path / "search")])
+    assert [p.name for p in samples.iterdir()] == ["____VV22.yaml"]

@@ -19,7 +19,7 @@ import latency.__main__ as latency_main
 from latency import bench
 from latency.__main__ import main
 from latency.bench import (PARTS, ConvCase, _part_fns, bench_case, bench_parts, bench_steps, method_config,
-                           model_cases, table10_cases, time_rounds, with_layers)
+                           model_cases, table10_cases, time_rounds, with_layers, write_csv)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -166,6 +166,8 @@ def test_step_mode_reads_method_configs(tmp_path):
     (["--patch-sizes", "0"], "must be >= 1"),
     (["--min-time", "-1"], "--min-time must be >= 0"),
     (["--mode", "step", "--layers", "some"], "must be an int >= 0 or 'all', got 'some'"),
+    (["--mode", "step", "--archs", "bogus"], "--archs: unknown ['bogus']; valid: ['lenet', 'mcunet'"),
+    (["--image-size", "0"], "--image-size must be >= 8 (pixels), got 0"),
 ])
 def test_cli_errors(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit):
@@ -294,3 +296,25 @@ def test_step_mode_trains_every_layer_with_layers_all(capsys, tmp_path):
                  "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "| lenet | all | vanilla-all |" in out and "| lenet | all | emp0.5-all |" in out
+
+
+@pytest.mark.parametrize("text, message", [("name,c_in,c_out,h,w\n", "and 0 rows"),
+                                           ("name,c_in,c_out\nx,3,4\n", "has the columns ['c_in', 'c_out', 'name']"),
+                                           ("name,c_in,c_out,h,w,colour\nx,3,4,8,8,red\n", "'colour'"),
+                                           ("name,c_in,c_out,h,w\nx,3,4,8,eight\n", "every value but the name")])
+def test_a_bad_case_file_fails_before_the_previous_results_are_touched(tmp_path, capsys, text, message):
+    (tmp_path / "conv.csv").write_text("previous results\n")
+    (tmp_path / "cases.csv").write_text(text)
+    with pytest.raises(SystemExit):
+        main(["--cases", str(tmp_path / "cases.csv"), "--out", str(tmp_path)])
+    assert message in capsys.readouterr().err
+    assert (tmp_path / "conv.csv").read_text() == "previous results\n"
+
+
+def test_results_are_written_through_a_part_file(tmp_path):
+    (tmp_path / "conv.csv").write_text("previous results\n")
+    with pytest.raises(ValueError, match="no rows to write"):
+        write_csv([], tmp_path / "conv.csv")
+    write_csv([{"a": 1, "b": 2}], tmp_path / "conv.csv")
+    assert (tmp_path / "conv.csv").read_text().splitlines() == ["a,b", "1,2"]
+    assert not list(tmp_path.glob("*.part"))
