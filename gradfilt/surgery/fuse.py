@@ -89,13 +89,27 @@ def conv_bn_pairs(model: nn.Module, example_input: Tensor) -> list[tuple[str, st
     return pairs
 
 
+def _folded_away(bn: nn.Module, name: str) -> nn.Module:
+    """What stays of a BatchNorm folded into its conv: nothing (Identity) for a plain BatchNorm2d, the
+    activation (and dropout) that timm's ``BatchNormAct2d`` runs after normalizing; any other subclass that
+    overrides ``forward`` is refused by name."""
+    if type(bn).forward is nn.BatchNorm2d.forward:
+        return nn.Identity()
+    if type(bn).__name__ == "BatchNormAct2d" and isinstance(getattr(bn, "act", None), nn.Module):
+        after = [m for m in (getattr(bn, "drop", None), bn.act) if m is not None and not isinstance(m, nn.Identity)]
+        return nn.Identity() if not after else after[0] if len(after) == 1 else nn.Sequential(*after)
+    raise ValueError(f"{name!r} is a {type(bn).__name__}, a BatchNorm2d whose forward does more than normalize; "
+                     f"it cannot be folded (known: BatchNorm2d, timm's BatchNormAct2d)")
+
+
 def fuse_bn(
     model: nn.Module,
     example_input: Optional[Tensor] = None,
     input_size: Sequence[int] = (2, 3, 64, 64),
     atol: float = 1e-4,
 ) -> list[tuple[str, str]]:
-    """Fold every BatchNorm2d that follows a Conv2d (FilteredConv2d included) into it, in place.
+    """Fold every BatchNorm2d that follows a Conv2d (FilteredConv2d included) into it, in place; timm's
+    ``BatchNormAct2d`` keeps its activation (the BatchNorm becomes that activation).
 
     Args:
         model: the model; its conv Parameters are replaced by fused ones (build optimizers after).
@@ -121,18 +135,18 @@ def fuse_bn(
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
         if not bn.track_running_stats or bn.running_mean is None:
             raise ValueError(f"{bn_name!r} keeps no running statistics; nothing to fold")
-        undo.append((conv_name, conv, conv.weight, conv.bias, bn_name, bn))
-    for conv_name, conv, weight, bias, bn_name, bn in undo:
+        undo.append((conv_name, conv, conv.weight, conv.bias, bn_name, bn, _folded_away(bn, bn_name)))
+    for conv_name, conv, weight, bias, bn_name, bn, rest in undo:
         conv.weight, conv.bias = fuse_conv_bn_weights(
             weight.detach(), None if bias is None else bias.detach(), bn.running_mean, bn.running_var, bn.eps,
             None if bn.weight is None else bn.weight.detach(), None if bn.bias is None else bn.bias.detach())
         conv.weight.requires_grad_(weight.requires_grad)
         conv.bias.requires_grad_(weight.requires_grad)
-        replace_module(model, bn_name, nn.Identity())
+        replace_module(model, bn_name, rest)
     after = _run_eval(model, x)
     scale = before.abs().max().clamp_min(1.0)
     if before.shape != after.shape or not torch.allclose(before, after, atol=atol * float(scale), rtol=0):
-        for conv_name, conv, weight, bias, bn_name, bn in undo:
+        for conv_name, conv, weight, bias, bn_name, bn, _ in undo:
             conv.weight, conv.bias = weight, bias
             replace_module(model, bn_name, bn)
         raise ValueError(

@@ -67,3 +67,28 @@ def test_unsafe_fold_is_rolled_back():
     with pytest.raises(ValueError, match="changed the model's output .* left unchanged"):
         fuse_bn(model, torch.randn(2, 3, 8, 8))
     assert model.conv.weight is weight and model.bn is bn
+
+
+def test_timm_batchnorm_with_its_activation_folds_and_keeps_the_activation():
+    pytest.importorskip("timm")
+    model = build_model("timm/efficientnet_lite0", 10).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(x)
+    pairs = fuse_bn(model, x)
+    assert pairs and not [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert isinstance(model.get_submodule(pairs[0][1]), torch.nn.ReLU6)  # the stem's BatchNormAct2d: its ReLU6
+    with torch.no_grad():
+        assert torch.allclose(model(x), before, atol=1e-4 * float(before.abs().max()))
+
+
+def test_a_batchnorm_that_does_more_than_normalize_is_refused_by_name():
+    class ScaledBN(torch.nn.BatchNorm2d):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), ScaledBN(4))
+    weight = model[0].weight
+    with pytest.raises(ValueError, match="'1' is a ScaledBN, a BatchNorm2d whose forward does more than normalize"):
+        fuse_bn(model, torch.randn(2, 3, 8, 8))
+    assert model[0].weight is weight and isinstance(model[1], ScaledBN)
