@@ -25,6 +25,7 @@ so a new method is one module plus one config file.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence, Union
@@ -67,6 +68,11 @@ class Method:
 
     name: ClassVar[str] = ""
     calibration_batches: int = 0  # labelled training batches calibrate() wants before apply(); 0: none
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "apply" in cls.__dict__:  # every apply() refuses a model that already carries a method
+            cls.apply = _one_method_per_model(cls.__dict__["apply"])
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "Method":
         self = super().__new__(cls)
@@ -197,6 +203,37 @@ class Method:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in getattr(self, "_init_args", {}).items())
         return f"{type(self).__name__}({args})"
+
+
+APPLIED = "_gradfilt_method"  # attribute of a model a method has been applied to: that method's tag
+
+
+def _one_method_per_model(apply: Callable) -> Callable:
+    """``apply`` that first refuses a model another method (or this one) was already applied to, and marks
+    the model once it succeeds. A method that applies another inside its own apply (a wrapper, ``super()``)
+    runs inside one outer call: the model is marked when the outermost call ends."""
+
+    @functools.wraps(apply)
+    def guarded(self: "Method", model: nn.Module, example_input: Tensor, *args: Any, **kwargs: Any) -> None:
+        held = model.__dict__.get(APPLIED)
+        if held is not None:
+            raise ValueError(f"the model already carries a training method ({held}); {type(self).__name__} needs a "
+                             f"model no method was applied to: build the network again (or load its weights into a "
+                             f"new one) and apply one method")
+        outermost = not _APPLYING.get(id(model))
+        _APPLYING[id(model)] = True
+        try:
+            apply(self, model, example_input, *args, **kwargs)
+        finally:
+            if outermost:
+                _APPLYING.pop(id(model), None)
+        if outermost:
+            model.__dict__[APPLIED] = f"{type(self).__name__} {self.tag}"
+
+    return guarded
+
+
+_APPLYING: dict[int, bool] = {}  # models inside an apply() call now (a wrapper applying its inner method)
 
 
 def _plain(value: Any) -> Any:

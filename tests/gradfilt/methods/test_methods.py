@@ -57,6 +57,7 @@ def test_vanilla_all_trains_everything_and_gradient_filter_all_filters_every_con
     model = build_model("mcunet", 10)
     Vanilla().apply(model, X64)
     assert all(p.requires_grad for p in model.parameters())
+    model = build_model("mcunet", 10)  # one method per model
     method = GradientFilter(layers="all", patch_size=2)
     method.apply(model, X64)
     assert sum(isinstance(m, FilteredConv2d) for m in model.modules()) == len(method.filtered_convs) == sum(
@@ -166,3 +167,25 @@ def test_classifier_is_the_last_linear_run():
     assert classifier_name(build_model("mobilenet_v2", 10), input_size=(1, 3, 32, 32)) == "classifier.1"
     with pytest.raises(ValueError, match="runs no nn.Linear classifier"):
         classifier_name(nn.Sequential(nn.Conv2d(3, 4, 3)), torch.zeros(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("second", [{"type": "emp", "layers": 2}, {"type": "vanilla", "layers": "all"},
+                                    {"type": "gradient_filter", "layers": 2, "patch_size": 2}])
+def test_a_model_that_carries_a_method_is_refused(second):
+    model = build_model("resnet18", 10)
+    GradientFilter(layers=2, patch_size=2).apply(model, X64)
+    state = {n: (type(m), [p.requires_grad for p in m.parameters(recurse=False)]) for n, m in model.named_modules()}
+    with pytest.raises(ValueError, match=r"the model already carries a training method \(GradientFilter R2-2L\)"):
+        build_method(second).apply(model, X64)
+    assert state == {n: (type(m), [p.requires_grad for p in m.parameters(recurse=False)])
+                     for n, m in model.named_modules()}
+
+
+def test_a_method_wrapping_another_applies_once():
+    from gradfilt.methods import EarlyInstanceFilter
+
+    model = build_model("resnet20", 10)
+    method = EarlyInstanceFilter(method={"type": "emp", "layers": 2})
+    method.apply(model, torch.zeros(1, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"carries a training method \(EarlyInstanceFilter eif0.3-emp0.5-2L\)"):
+        Vanilla().apply(model, torch.zeros(1, 3, 32, 32))
