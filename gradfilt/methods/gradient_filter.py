@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from torch import Tensor, nn
 
-from ..patchgrid import PatchGridReport, install_patch_grid
+from ..patchgrid import PatchGridBlock, PatchGridReport, install_patch_grid
 from ..ops.geometry import check_patch_size
 from ..surgery.install import FilterSpec, parse_filter_install, plan_filters, swap_filters
 from .base import register_method
@@ -60,6 +60,7 @@ class GradientFilter(Vanilla):
         self.patch_grid = patch_grid
         self.filtered_convs: list[str] = []  # filled by apply()
         self.patch_grid_report: Optional[PatchGridReport] = None  # filled by apply() with patch_grid
+        self._blocks: list[PatchGridBlock] = []
 
     def apply(self, model: nn.Module, example_input: Tensor) -> None:
         convs, paths = self.plan(model, example_input)
@@ -70,6 +71,14 @@ class GradientFilter(Vanilla):
         self.filtered_convs = list(swaps)
         if self.patch_grid:
             self.patch_grid_report = install_patch_grid(model, example_input)
+            self._blocks = [m for m in model.modules() if isinstance(m, PatchGridBlock)]
+
+    def metrics(self) -> dict[str, float]:
+        """``PerLayerBlocks``: how many patch-grid blocks ran the last training step per layer (autocast, a
+        BatchNorm normalizing with batch statistics; each says why once, as a warning)."""
+        if not self._blocks:
+            return {}
+        return {"PerLayerBlocks": float(sum(b.per_layer_now is not None for b in self._blocks))}
 
     def summary(self) -> str:
         """Which blocks run their backward on the patch grid and why other filtered convs do not."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -44,6 +45,8 @@ class PatchGridBlock(nn.Module):
         self.training = block.training  # the children keep their own flags (a frozen BatchNorm stays in eval)
         self.block_type = name
         self.nodes = nodes
+        self.path = ""  # where the block sits in its model (set by the installer), for messages
+        self.per_layer_now: Optional[str] = None  # why the last training step ran per layer (None: on the grid)
 
     def _problem(self, x: Tensor, modules: list[Optional[nn.Module]]) -> Optional[str]:
         """Why this call cannot take the patch-grid backward (None if it can)."""
@@ -64,7 +67,15 @@ class PatchGridBlock(nn.Module):
         modules = layers_of(self, self.nodes)
         trained = [(i, name) for i, m in enumerate(modules) if isinstance(m, nn.Conv2d)
                    for name in ("weight", "bias") if getattr(m, name) is not None and getattr(m, name).requires_grad]
-        if (not trained and not x.requires_grad) or self._problem(x, modules):  # the per-layer forward
+        if not trained and not x.requires_grad:  # nothing to backpropagate: the per-layer forward
+            return run_program(self.nodes, modules, x, [False] * (len(self.nodes) + 1), set())[0]
+        problem = self._problem(x, modules)
+        if problem != "no training step":
+            self.per_layer_now = problem
+            if problem is not None:  # once per block and reason (Python shows a repeated warning once)
+                warnings.warn(f"patch-grid block {self.path or self.block_type} runs its backward per layer: {problem}",
+                              stacklevel=2)
+        if problem is not None:  # the per-layer forward
             return run_program(self.nodes, modules, x, [False] * (len(self.nodes) + 1), set())[0]
         params = [getattr(modules[i], name) for i, name in trained]
         below = getattr(x, "_gradfilt_slot", None)
@@ -159,6 +170,7 @@ def plan_patch_grid(model: nn.Module, example_input: Tensor) -> tuple[dict[str, 
         why = "the example batch never reaches it" if name not in inputs else _check_forward(module, inputs[name])
         if why is None:
             plan[name] = PatchGridBlock(module)
+            plan[name].path = name
             covered.update(filtered)
         else:
             reasons.update({conv: f"{type(module).__name__} {name!r}: {why}" for conv in filtered})

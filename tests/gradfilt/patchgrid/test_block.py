@@ -1,6 +1,7 @@
 """Patch-grid blocks: the same gradients as the per-layer filters (float64), the saved bytes, the fallbacks."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -276,3 +277,23 @@ def test_conv_modules_that_cannot_run_on_the_patch_grid_say_why(kwargs, freeze, 
                    filter_install=[{"path": "0", "patch_size": 2, "type": "cbr"}]).apply(model, torch.zeros(1, 8, 8, 8))
     report = install_patch_grid(model.train(), torch.zeros(1, 8, 8, 8, dtype=torch.float64))
     assert report.blocks == [] and report.per_layer["0.conv"].startswith(f"ConvModule '0': {why}")
+
+
+def test_a_training_step_off_the_patch_grid_says_so_once_and_in_the_metrics():
+    model = build_model("resnet18", 10)
+    fuse_bn(model, torch.randn(2, 3, 64, 64))
+    method = GradientFilter(layers=2, patch_size=2)
+    method.apply(model, torch.zeros(1, 3, 64, 64))
+    model.train()
+    x = torch.randn(2, 3, 64, 64)
+    model(x).sum().backward()
+    assert method.metrics() == {"PerLayerBlocks": 0.0}
+    with pytest.warns(UserWarning, match=r"patch-grid block layer4.1 runs its backward per layer: autocast"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(x).float().sum().backward()
+    assert method.metrics() == {"PerLayerBlocks": 1.0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.eval()(x)  # evaluation is no training step: nothing to say
+        model.train()(x).sum().backward()
+    assert method.metrics() == {"PerLayerBlocks": 0.0}
