@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 from jsonargparse import Namespace
@@ -27,8 +28,10 @@ def resolve_config(args: Sequence[str]) -> Namespace:
     Args:
         args: command-line style arguments.
     """
-    return _ParseOnlyCLI(ClassificationModule, ClassificationData, args=list(args), run=False,
-                         seed_everything_default=0, auto_configure_optimizers=False).config
+    with warnings.catch_warnings():  # the arguments come from cost / search, not from sys.argv: nothing to warn of
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within")
+        return _ParseOnlyCLI(ClassificationModule, ClassificationData, args=list(args), run=False,
+                             seed_everything_default=0, auto_configure_optimizers=False).config
 
 
 def configured_model(config: Namespace) -> ClassificationModule:

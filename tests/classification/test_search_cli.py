@@ -113,3 +113,12 @@ def test_a_bad_sample_count_leaves_the_previous_samples(fmnist_root, tmp_path):
     with pytest.raises(ValueError, match=r"count must be in \[1, "):
         main(["search", *_args(fmnist_root, tmp_path), "--last", "2", "--sample", "0", "--out", str(tmp_path / "search")])
     assert [p.name for p in samples.iterdir()] == ["____VV22.yaml"]
+
+
+def test_resolving_a_config_for_cost_or_search_warns_of_nothing(fmnist_root, tmp_path):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resolve_config(_args(fmnist_root, tmp_path))
+    assert not [w for w in caught if "args parameter" in str(w.message)]
