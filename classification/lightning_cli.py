@@ -79,17 +79,27 @@ class ClassificationCLI(LightningCLI):
     command ends; a run that failed before saving any checkpoint leaves no folder behind.
     """
 
+    CONFIG_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError)
+
     def __init__(self, *args, **kwargs) -> None:
+        self._started = False  # the subcommand has begun: an error from now on is not the config's
         try:
             super().__init__(*args, **kwargs)
         except SIGTERMException:  # Lightning ends the loop cleanly and exits with code 0: a scheduler must see it
             self._end_version(failed=True)
             print("stopped by SIGTERM: exiting with code 143 (the checkpoints stay, to resume from)", file=sys.stderr)
             raise SystemExit(128 + signal.SIGTERM) from None
-        except BaseException:
+        except BaseException as err:
             self._end_version(failed=True)
+            if isinstance(err, self.CONFIG_ERRORS) and not self._started:
+                err.gradfilt_config_error = True  # python -m classification prints it as one line
             raise
         self._end_version(failed=False)
+
+    def _start(self) -> None:
+        self._started = True
+
+    before_fit = before_validate = before_test = _start
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:

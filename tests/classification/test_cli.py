@@ -406,3 +406,18 @@ def test_every_registered_method_has_a_config():
     used = {method_class(yaml.safe_load(p.read_text())["model"]["method"]["class_path"])
             for p in (CFG / "methods").glob("*.yaml")}
     assert set(METHODS.values()) <= used
+
+
+def test_a_bad_method_argument_is_one_line_from_the_command_line(fmnist_root, tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "classification", "fit",
+           *_args(fmnist_root, tmp_path, configs=[CFG / "methods" / "sparse_update.yaml"]),
+           "--model.method.weight_update_ratio", "1.5"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "python -m classification: error: weight_update_ratio 1.5 is outside (0, 1]; a fraction of the channels "
+        "is in (0, 1], a channel count is an int >= 1")
+    assert not (tmp_path / "runs").exists()
