@@ -41,7 +41,7 @@ from gradfilt.methods import Method, Vanilla, build_method
 from gradfilt.models import TIMM_PREFIX, build_model, timm_pretrained
 from gradfilt.surgery.paths import replace_module
 
-__all__ = ["ClassificationModule", "imagenet_model", "method_of", "calibration_batches"]
+__all__ = ["ClassificationModule", "network", "imagenet_model", "method_of", "calibration_batches"]
 
 
 def method_of(config: Optional[dict]) -> Method:
@@ -99,6 +99,19 @@ def _load_stage_checkpoint(model: nn.Module, path: str) -> None:
         model.load_state_dict(state)
     except RuntimeError as err:
         raise ValueError(f"model.init_from: {path} does not fit this network: {err}") from None
+
+
+def network(arch: str, num_classes: int, image_size: int, weights: Optional[str] = None,
+            init_from: Optional[str] = None, fuse_bn: bool = False) -> nn.Module:
+    """The network as a run builds it before its method: ``weights`` or ``init_from`` loaded, BatchNorm
+    folded when ``fuse_bn`` (arguments as :class:`ClassificationModule`'s)."""
+    model = imagenet_model(arch, num_classes) if weights == "imagenet" else build_model(arch, num_classes)
+    if init_from is not None:
+        _load_stage_checkpoint(model, init_from)
+    if fuse_bn:
+        batch = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+        surgery.fuse_bn(model, batch)
+    return model
 
 
 class _WarmupCosine:
@@ -180,13 +193,7 @@ class ClassificationModule(pl.LightningModule):
         if warmup_epochs < 0:
             raise ValueError(f"model.warmup_epochs must be >= 0, got {warmup_epochs}")
 
-        model = imagenet_model(arch, num_classes) if weights == "imagenet" else build_model(arch, num_classes)
-        if init_from is not None:
-            _load_stage_checkpoint(model, init_from)
-        if fuse_bn:
-            batch = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-            surgery.fuse_bn(model, batch)
-        self.model = model
+        self.model = network(arch, num_classes, image_size, weights, init_from, fuse_bn)
         self.cost = None
         if not self.needs_calibration:
             self.set_up_method()

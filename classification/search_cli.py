@@ -40,7 +40,7 @@ from gradfilt.cost import format_bytes, format_flops
 
 from .config import resolve_config
 from .data import ClassificationData
-from .module import ClassificationModule, calibration_batches
+from .module import calibration_batches, network
 
 __all__ = ["search_main", "measured_accuracies", "plain_model"]
 
@@ -73,9 +73,10 @@ def _arguments() -> argparse.ArgumentParser:
 
 def plain_model(config) -> tuple[torch.nn.Module, int]:
     """The network of a resolved config as ``fit`` builds it before its method (weights, BN folded); its input size."""
-    model_args = config.model.as_dict()
-    module = ClassificationModule(**{**model_args, "method": {"class_path": "Vanilla", "init_args": {"layers": "all"}}})
-    return module.model.eval(), module.hparams.image_size
+    m = config.model.as_dict()
+    model = network(m["arch"], m["num_classes"], m["image_size"], m.get("weights"), m.get("init_from"),
+                    m.get("fuse_bn", False))
+    return model.eval(), m["image_size"]
 
 
 def measured_accuracies(folder: Path, space: gs.SearchSpace) -> dict[tuple[tuple[int, ...], float], float]:

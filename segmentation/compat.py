@@ -95,10 +95,12 @@ def history_getattr(owner, name: str):
     """
     from mmengine.logging.history_buffer import HistoryBuffer
 
-    if owner is HistoryBuffer and isinstance(name, str) and name in HistoryBuffer._statistics_methods:
+    # the four every HistoryBuffer registers when it is made, and any registered with register_statistics
+    allowed = {"min", "max", "current", "mean", *HistoryBuffer._statistics_methods}
+    if owner is HistoryBuffer and isinstance(name, str) and name in allowed:
         return getattr(owner, name)
     raise pickle.UnpicklingError(f"the checkpoint asks for getattr({owner!r}, {name!r}); only HistoryBuffer's "
-                                 f"statistics methods {sorted(HistoryBuffer._statistics_methods)} are allowed")
+                                 f"statistics methods {sorted(allowed)} are allowed")
 
 
 def _checkpoint_globals() -> list:
