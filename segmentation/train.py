@@ -88,6 +88,9 @@ def main(argv: Optional[Sequence[str]] = None):
     args = parse_args(argv, __doc__.split("\n\n")[0], lambda p: p.add_argument(
         "--resume", action="store_true", help="continue from the work dir's newest checkpoint"))
     cfg = load_config(args.config, args.work_dir, args.cfg_options, args.launcher, args.resume)
+    from .runner import configured_method  # after load_config: compat.install() runs before mmseg is imported
+
+    configured_method(cfg)  # a bad method or layer_list key fails here, before the runner makes its work dir
     runner = build_runner(cfg)
     runner.train()
     return runner

@@ -146,6 +146,8 @@ def test_config_errors_stop_before_training(fmnist_root, tmp_path, option, error
         train_main([str(CFG / f"{DEEPLAB}_filter5l.py"), "--work-dir", str(tmp_path / "w"),
                     "--cfg-options", *_options(fmnist_root, tmp_path / "data"), option])
     assert not list((tmp_path / "w").glob("iter_*.pth"))
+    if option.startswith(("method.", "layer_list.filters")):  # the config alone is wrong: nothing is made
+        assert not (tmp_path / "w").exists()
 
 
 def test_dataset_is_deterministic_and_labels_follow_the_garments(fmnist_root, tmp_path):
