@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -160,10 +161,37 @@ def _parsed(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str], Optiona
         if not args.latency_csv.is_file():
             raise SystemExit(f"--latency-csv: no file {args.latency_csv} (write it with python -m latency --out DIR)")
         with open(args.latency_csv, newline="") as f:
-            latency = gs.LatencyModel.fit(list(csv.DictReader(f)))
+            try:
+                latency = gs.LatencyModel.fit(list(csv.DictReader(f)))
+            except (KeyError, ValueError, TypeError) as err:
+                raise SystemExit(f"--latency-csv {args.latency_csv}: not the conv.csv of python -m latency ({err})"
+                                 ) from None
     if any(not 0 < a < 1 for a in args.emp_alphas):
         raise SystemExit(f"--emp-alphas are kept shares in (0, 1), got {args.emp_alphas}")
+    for text in args.budget:
+        _check_budget(text, args)
+    for what, folder in (("--compare", args.compare), ("--measured", args.measured)):
+        if folder is not None and not folder.is_dir():
+            raise SystemExit(f"{what}: no folder {folder} (the run folders of one table: "
+                             f"runs/<table>/<arch>/<dataset>)")
     return args, rest, latency
+
+
+_TAG = re.compile(r"(?:vanilla|R(\d+)|emp[0-9.]+)-\d+L(?:-R(\d+))?")  # run tags a budget may name
+
+
+def _check_budget(text: str, args: argparse.Namespace) -> None:
+    """A budget's syntax, its patch size among ``--patch-sizes`` and a latency budget's ``--latency-csv``, before
+    any work (what a tag or a label costs is known once the tables are built)."""
+    name, _, value = text.partition("=")
+    tag = _TAG.fullmatch(value)
+    if name not in gs.BUDGETS or tag is None and not re.fullmatch(r"[_V0-9]+(?:-a[0-9.]+)?", value):
+        gs.parse_budget(text)  # a number with a unit; raises naming the valid forms
+    size = tag and (tag.group(1) or tag.group(2))
+    if size and int(size) not in args.patch_sizes:
+        raise ValueError(f"budget {text!r}: R{size} is not among --patch-sizes {args.patch_sizes}")
+    if gs.BUDGETS[name] == "latency_ms" and args.latency_csv is None:
+        raise ValueError(f"budget {text!r}: a latency budget needs --latency-csv (python -m latency's conv.csv)")
 
 
 def _predictor(model: torch.nn.Module, space: gs.SearchSpace, config, args: argparse.Namespace,
@@ -251,6 +279,10 @@ def search_main(argv: Sequence[str]) -> dict:
 
     tables = {a: gs.cost_tables(model, space, size, latency=latency, alpha=a) for a in alphas}
     budgets = _budgets(args.budget, tables)
+    floor = {m: float(v[0]) for m, v in tables[1.0].evaluate(np.zeros((1, len(space.layers)), np.int64)).items()}
+    if not gs.CostTables.fits(floor, budgets):  # nothing but the classifier trains: the cheapest configuration
+        raise SystemExit("no configuration fits the budgets: training the classifier alone costs "
+                         + ", ".join(gs.budget_text(m, floor[m]) for m in budgets))
     fixed = [(tag, *_run_of(space, tag, tables, "--fixed")) for tag in args.fixed]
     predictor, samples, fidelity = _predictor(model, space, config, args, alphas, tables)
     result = gs.search_knob(tables, predictor, budgets, check=not args.no_check)

@@ -122,3 +122,36 @@ def test_resolving_a_config_for_cost_or_search_warns_of_nothing(fmnist_root, tmp
         warnings.simplefilter("always")
         resolve_config(_args(fmnist_root, tmp_path))
     assert not [w for w in caught if "args parameter" in str(w.message)]
+
+
+@pytest.mark.parametrize("extra, error, message", [
+    (["--budget", "memory=abc"], ValueError, "the value must be a positive number"),
+    (["--budget", "memory=R9-2L"], ValueError, r"R9 is not among --patch-sizes \[2, 4, 7\]"),
+    (["--budget", "latency=30"], ValueError, "a latency budget needs --latency-csv"),
+    (["--budget", "memory=16KB", "--compare", "/nonexistent"], SystemExit, "--compare: no folder /nonexistent"),
+    (["--budget", "latency=30", "--latency-csv", "BAD"], SystemExit, "not the conv.csv of python -m latency"),
+])
+def test_search_arguments_are_checked_before_the_model_is_built(fmnist_root, tmp_path, monkeypatch, extra, error,
+                                                                message):
+    import classification.search_cli as search_cli
+
+    (tmp_path / "bad.csv").write_text("case,r\nx,2\n")
+    extra = [str(tmp_path / "bad.csv") if e == "BAD" else e for e in extra]
+
+    def never(*args):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(search_cli, "plain_model", never)
+    with pytest.raises(error, match=message):
+        main(["search", *_args(fmnist_root, tmp_path), "--last", "2", *extra])
+
+
+def test_a_budget_nothing_fits_is_said_before_the_gradient_fidelity(fmnist_root, tmp_path, monkeypatch):
+    import classification.search_cli as search_cli
+
+    def never(*args):
+        raise AssertionError("the fidelity was measured")
+
+    monkeypatch.setattr(search_cli, "_predictor", never)
+    with pytest.raises(SystemExit, match="no configuration fits the budgets: training the classifier alone costs"):
+        main(["search", *_args(fmnist_root, tmp_path), "--last", "2", "--budget", "flops=1"])
