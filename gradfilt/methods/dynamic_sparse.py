@@ -57,6 +57,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import warnings
 from typing import Any, Literal, Optional, Sequence, Union
 
 import torch
@@ -348,6 +349,9 @@ class DynamicSparseUpdate(Method):
             return
         resumed = not self._started and step != self._step  # a resumed run's first step: state not ours
         self._started = True
+        if resumed:
+            warnings.warn(f"dynamic sparse update resumed at step {step}: the optimizer state of the trained channels "
+                          f"restarts from zero (parked state is not in checkpoints)", stacklevel=2)
         if step == self._step:
             return  # the set-up's own step, or the same step again (an accumulated micro-batch)
         for name, state in self._state.items():

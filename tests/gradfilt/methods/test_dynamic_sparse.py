@@ -210,7 +210,8 @@ def test_a_resumed_run_restarts_the_optimizer_state():
     conv = model.get_submodule(method.plan_[0]["name"])
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
     opt.state[conv.weight_update]["momentum_buffer"] = torch.ones_like(conv.weight_update)  # as loaded
-    method.start_step(model, opt, 7)  # the first step this process takes is not step 0
+    with pytest.warns(UserWarning, match="dynamic sparse update resumed at step 7: the optimizer state .* restarts"):
+        method.start_step(model, opt, 7)  # the first step this process takes is not step 0
     assert torch.equal(opt.state[conv.weight_update]["momentum_buffer"], torch.zeros_like(conv.weight_update))
     assert method.memory()["weights"] == conv.channels.numel() * conv.weight.shape[0]
 
