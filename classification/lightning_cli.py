@@ -128,7 +128,7 @@ class ClassificationCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> pl.Trainer:
         folder = self._run_folder()
-        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        trainer_cfg = (self.config_init[self.subcommand] if self.subcommand else self.config_init).get("trainer", {})
         if trainer_cfg.get("logger") in (None, True):
             running = self.subcommand is not None and not trainer_cfg.get("fast_dev_run")
             version = self._reserve_version(folder) if running else None
