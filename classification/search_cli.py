@@ -177,17 +177,14 @@ def _parsed(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str], Optiona
     return args, rest, latency
 
 
-_TAG = re.compile(r"(?:vanilla|R(\d+)|emp[0-9.]+)-\d+L(?:-R(\d+))?")  # run tags a budget may name
-
-
 def _check_budget(text: str, args: argparse.Namespace) -> None:
     """A budget's syntax, its patch size among ``--patch-sizes`` and a latency budget's ``--latency-csv``, before
     any work (what a tag or a label costs is known once the tables are built)."""
     name, _, value = text.partition("=")
-    tag = _TAG.fullmatch(value)
+    tag = gs.RUN_TAG.fullmatch(value)
     if name not in gs.BUDGETS or tag is None and not re.fullmatch(r"[_V0-9]+(?:-a[0-9.]+)?", value):
         gs.parse_budget(text)  # a number with a unit; raises naming the valid forms
-    size = tag and (tag.group(1) or tag.group(2))
+    size = tag and (tag.group(2) or tag.group(5))
     if size and int(size) not in args.patch_sizes:
         raise ValueError(f"budget {text!r}: R{size} is not among --patch-sizes {args.patch_sizes}")
     if gs.BUDGETS[name] == "latency_ms" and args.latency_csv is None:

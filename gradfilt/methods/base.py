@@ -210,8 +210,8 @@ APPLIED = "_gradfilt_method"  # attribute of a model a method has been applied t
 
 def _one_method_per_model(apply: Callable) -> Callable:
     """``apply`` that first refuses a model another method (or this one) was already applied to, and marks
-    the model once it succeeds. A method that applies another inside its own apply (a wrapper, ``super()``)
-    runs inside one outer call: the model is marked when the outermost call ends."""
+    the model once it succeeds. A wrapper that applies its inner method inside its own apply is checked
+    before the inner one marks the model, and marks it last."""
 
     @functools.wraps(apply)
     def guarded(self: "Method", model: nn.Module, example_input: Tensor, *args: Any, **kwargs: Any) -> None:
@@ -220,20 +220,10 @@ def _one_method_per_model(apply: Callable) -> Callable:
             raise ValueError(f"the model already carries a training method ({held}); {type(self).__name__} needs a "
                              f"model no method was applied to: build the network again (or load its weights into a "
                              f"new one) and apply one method")
-        outermost = not _APPLYING.get(id(model))
-        _APPLYING[id(model)] = True
-        try:
-            apply(self, model, example_input, *args, **kwargs)
-        finally:
-            if outermost:
-                _APPLYING.pop(id(model), None)
-        if outermost:
-            model.__dict__[APPLIED] = f"{type(self).__name__} {self.tag}"
+        apply(self, model, example_input, *args, **kwargs)
+        model.__dict__[APPLIED] = f"{type(self).__name__} {self.tag}"
 
     return guarded
-
-
-_APPLYING: dict[int, bool] = {}  # models inside an apply() call now (a wrapper applying its inner method)
 
 
 def _plain(value: Any) -> Any:

@@ -37,12 +37,12 @@ The pieces, each usable on its own:
 from .accuracy import AccuracyPredictor, gradient_fidelities, gradient_fidelity, spearman
 from .latency_model import LatencyModel
 from .solvers import NoConfigurationFits, SearchResult, exhaustive, pareto_front, parse_budget, search, search_knob
-from .space import (BUDGETS, EXHAUSTIVE_LIMIT, FROZEN, VANILLA, SearchSpace, budget_text, config_from_tag, earliest,
-                    method_config, method_tag, run_from_tag, sample_configs, search_space)
+from .space import (BUDGETS, EXHAUSTIVE_LIMIT, FROZEN, RUN_TAG, VANILLA, SearchSpace, budget_text, config_from_tag,
+                    earliest, method_config, method_tag, run_from_tag, sample_configs, search_space)
 from .tables import CostTables, cost_tables
 
 __all__ = ["SearchSpace", "search_space", "earliest", "CostTables", "cost_tables", "LatencyModel", "gradient_fidelity",
            "gradient_fidelities", "AccuracyPredictor", "SearchResult", "NoConfigurationFits", "search", "search_knob",
            "exhaustive", "pareto_front", "method_config", "method_tag", "run_from_tag", "config_from_tag",
            "sample_configs", "spearman", "parse_budget", "budget_text", "BUDGETS", "EXHAUSTIVE_LIMIT", "FROZEN",
-           "VANILLA"]
+           "VANILLA", "RUN_TAG"]

@@ -15,14 +15,17 @@ from ..ops.geometry import check_patch_size
 from ..surgery.freeze import classifier_of
 from ..surgery.trace import trace_layers
 
-__all__ = ["FROZEN", "VANILLA", "EXHAUSTIVE_LIMIT", "BUDGETS", "SYMBOLS", "SearchSpace", "search_space", "earliest",
-           "method_config", "method_tag", "run_from_tag", "config_from_tag", "sample_configs", "budget_text"]
+__all__ = ["FROZEN", "VANILLA", "EXHAUSTIVE_LIMIT", "BUDGETS", "SYMBOLS", "RUN_TAG", "SearchSpace", "search_space",
+           "earliest", "method_config", "method_tag", "run_from_tag", "config_from_tag", "sample_configs",
+           "budget_text"]
 
 
 FROZEN, VANILLA = 0, 1
 EXHAUSTIVE_LIMIT = 10 ** 7  # search(check=True) enumerates spaces up to this many configurations
 BUDGETS = {"memory": "activation_bytes", "flops": "backward_flops", "latency": "latency_ms"}  # budget name -> metric
 SYMBOLS = {FROZEN: "_", VANILLA: "V"}
+# a run tag: vanilla-NL / R<r>-NL / emp<alpha>-NL[-R<r>]; groups: vanilla, r, alpha, N, r after emp
+RUN_TAG = re.compile(r"(?:(vanilla)|R(\d+)|emp([0-9.]+))-(\d+)L(?:-R(\d+))?")
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,7 @@ def run_from_tag(space: SearchSpace, tag: str) -> Optional[tuple[tuple[int, ...]
     """(configuration, EMP alpha) of a run tag ``vanilla-NL`` / ``R<r>-NL`` / ``emp<alpha>-NL[-R<r>]``
     or a label (with or without ``-a<alpha>``); None if it is none of them."""
     k = len(space.layers)
-    match = re.fullmatch(r"(?:(vanilla)|R(\d+)|emp([0-9.]+))-(\d+)L(?:-R(\d+))?", tag)
+    match = RUN_TAG.fullmatch(tag)
     if match and (match.group(3) or not match.group(5)):
         r = match.group(2) or match.group(5)
         depth, alpha = int(match.group(4)), float(match.group(3) or 1.0)
